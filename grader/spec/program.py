@@ -1,0 +1,289 @@
+"""The forward-definition language of assignment specs.
+
+An instructor writes the forward computation in a small subset of Python syntax:
+
+    z = W1 @ x + b1
+    h = relu(z)
+    for l in range(len(weights)):
+        a = sigmoid(weights[l] @ a + biases[l])
+    J = softmax_cross_entropy(o, y) + lam / 2 * (sum_sq(W1) + sum_sq(W2))
+
+It is parsed with `ast` and interpreted node by node against the engine's op registry;
+nothing is ever passed to `eval`/`exec`, so a spec can only compute, never run code.
+Allowed: assignments to a name, `for NAME in range(...)`, arithmetic (+ - * / ** @, unary -),
+calls of registered ops (extra arguments such as `axis=0` must be constants), `len(list)`,
+indexing a list with an integer expression, `.T`, numbers, tuples of numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from grader.engine import OPS, Tensor, apply
+
+
+class ProgramError(ValueError):
+    """A forward definition that cannot be parsed, checked or evaluated; names the line."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+_BINOPS: dict[type, tuple[str, Any]] = {
+    ast.Add: ("add", operator.add),
+    ast.Sub: ("sub", operator.sub),
+    ast.Mult: ("mul", operator.mul),
+    ast.Div: ("div", operator.truediv),
+    ast.Pow: ("pow", operator.pow),
+    ast.MatMult: ("matmul", None),
+    ast.FloorDiv: ("", operator.floordiv),  # integer index arithmetic only
+    ast.Mod: ("", operator.mod),
+}
+_BUILTINS = {"len", "range"}
+MAX_LOOP_ITERATIONS = 10_000
+
+
+@dataclass
+class Program:
+    source: str
+    tree: ast.Module
+    assigned: list[str] = field(default_factory=list)  # in order of first assignment
+
+    @classmethod
+    def parse(cls, source: str) -> Program:
+        try:
+            tree = ast.parse(source, mode="exec")
+        except SyntaxError as exc:
+            raise ProgramError(f"syntax error: {exc.msg}", exc.lineno) from None
+        if not tree.body:
+            raise ProgramError("the forward definition is empty")
+        program = cls(source, tree)
+        for stmt in tree.body:
+            program._check_stmt(stmt, loop_vars=set())
+        return program
+
+    # --- static checks -------------------------------------------------------------------
+
+    def _check_stmt(self, stmt: ast.stmt, loop_vars: set[str]) -> None:
+        if isinstance(stmt, ast.Assign):
+            if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+                raise ProgramError("only `name = expression` assignments are allowed", stmt.lineno)
+            name = stmt.targets[0].id
+            if name in loop_vars:
+                raise ProgramError(f"cannot assign to the loop variable {name!r}", stmt.lineno)
+            if name in OPS or name in _BUILTINS:
+                raise ProgramError(f"{name!r} is an operation name and cannot be assigned", stmt.lineno)
+            self._check_expr(stmt.value)
+            if name not in self.assigned:
+                self.assigned.append(name)
+        elif isinstance(stmt, ast.For):
+            if not isinstance(stmt.target, ast.Name):
+                raise ProgramError("a loop variable must be a single name", stmt.lineno)
+            it = stmt.iter
+            if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"):
+                raise ProgramError("loops must be `for NAME in range(...)`", stmt.lineno)
+            if it.keywords or not 1 <= len(it.args) <= 3:
+                raise ProgramError("range() takes 1 to 3 positional arguments", stmt.lineno)
+            for arg in it.args:
+                self._check_expr(arg)
+            if stmt.orelse:
+                raise ProgramError("`for ... else` is not allowed", stmt.lineno)
+            for inner in stmt.body:
+                self._check_stmt(inner, loop_vars | {stmt.target.id})
+        else:
+            raise ProgramError(f"{type(stmt).__name__} statements are not allowed here", stmt.lineno)
+
+    def _check_expr(self, node: ast.expr) -> None:
+        line = getattr(node, "lineno", None)
+        if isinstance(node, ast.BinOp):
+            if type(node.op) not in _BINOPS:
+                raise ProgramError(f"operator {type(node.op).__name__} is not allowed", line)
+            self._check_expr(node.left)
+            self._check_expr(node.right)
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd)):
+                raise ProgramError(f"operator {type(node.op).__name__} is not allowed", line)
+            self._check_expr(node.operand)
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                raise ProgramError("only operations can be called, e.g. relu(z)", line)
+            name = node.func.id
+            if name == "len":
+                if len(node.args) != 1 or node.keywords:
+                    raise ProgramError("len() takes exactly one argument", line)
+            elif name == "range":
+                raise ProgramError("range() is only allowed as a loop's iterable", line)
+            elif name in OPS:
+                op = OPS[name]
+                if len(node.args) > op.arity + len(op.params):
+                    raise ProgramError(
+                        f"{name}() takes at most {op.arity + len(op.params)} positional arguments", line
+                    )
+                for kw in node.keywords:
+                    if kw.arg not in op.params:
+                        allowed = ", ".join(op.params) or "none"
+                        raise ProgramError(f"{name}() has no argument {kw.arg!r} (allowed: {allowed})", line)
+                    _constant(kw.value)
+            else:
+                raise ProgramError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}", line)
+            for arg in node.args:
+                self._check_expr(arg)
+        elif isinstance(node, ast.Name):
+            pass
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float)) or isinstance(node.value, bool):
+                raise ProgramError(f"constant {node.value!r} is not a number", line)
+        elif isinstance(node, ast.Subscript):
+            if isinstance(node.slice, ast.Slice):
+                raise ProgramError("slices are not allowed; index a list with an integer", line)
+            self._check_expr(node.value)
+            self._check_expr(node.slice)
+        elif isinstance(node, ast.Attribute):
+            if node.attr != "T":
+                raise ProgramError(f"attribute .{node.attr} is not allowed (only .T)", line)
+            self._check_expr(node.value)
+        elif isinstance(node, ast.Tuple):
+            _constant(node)
+        else:
+            raise ProgramError(f"{type(node).__name__} expressions are not allowed", line)
+
+    def check_names(self, known: Iterable[str]) -> None:
+        """Fail if a name is read before anything defines it (inputs count as defined)."""
+        defined = set(known)
+
+        def expr_names(node: ast.AST) -> Iterable[ast.Name]:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                    yield sub
+
+        def visit(stmts: list[ast.stmt], scope: set[str]) -> None:
+            for stmt in stmts:
+                if isinstance(stmt, ast.Assign):
+                    for ref in expr_names(stmt.value):
+                        if ref.id not in scope and ref.id not in OPS and ref.id not in _BUILTINS:
+                            raise ProgramError(f"name {ref.id!r} is used before it is defined", ref.lineno)
+                    scope.add(stmt.targets[0].id)  # type: ignore[union-attr]
+                elif isinstance(stmt, ast.For):
+                    for ref in expr_names(stmt.iter):
+                        if ref.id not in scope and ref.id not in _BUILTINS:
+                            raise ProgramError(f"name {ref.id!r} is used before it is defined", ref.lineno)
+                    inner = scope | {stmt.target.id}  # type: ignore[union-attr]
+                    visit(stmt.body, inner)
+                    scope.update(inner - {stmt.target.id})  # type: ignore[union-attr]
+
+        visit(self.tree.body, defined)
+
+    # --- evaluation ----------------------------------------------------------------------
+
+    def run(self, env: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate into a copy of `env` (inputs: Tensors, ints, floats, lists of Tensors)."""
+        scope = dict(env)
+        for stmt in self.tree.body:
+            self._exec(stmt, scope)
+        return scope
+
+    def evaluate(self, expr: ast.expr, env: dict[str, Any]) -> Any:
+        return self._eval(expr, env)
+
+    def _exec(self, stmt: ast.stmt, env: dict[str, Any]) -> None:
+        if isinstance(stmt, ast.Assign):
+            env[stmt.targets[0].id] = self._eval(stmt.value, env)  # type: ignore[union-attr]
+            return
+        assert isinstance(stmt, ast.For)
+        bounds = [self._eval(a, env) for a in stmt.iter.args]  # type: ignore[attr-defined]
+        if not all(isinstance(b, int) for b in bounds):
+            raise ProgramError("range() needs integer bounds", stmt.lineno)
+        steps = range(*bounds)
+        if len(steps) > MAX_LOOP_ITERATIONS:
+            raise ProgramError(f"loop of {len(steps)} iterations exceeds {MAX_LOOP_ITERATIONS}", stmt.lineno)
+        for i in steps:
+            env[stmt.target.id] = i  # type: ignore[union-attr]
+            for inner in stmt.body:
+                self._exec(inner, env)
+
+    def _eval(self, node: ast.expr, env: dict[str, Any]) -> Any:
+        line = getattr(node, "lineno", None)
+        try:
+            return self._eval_inner(node, env)
+        except ProgramError:
+            raise
+        except (TypeError, ValueError, IndexError, FloatingPointError, ZeroDivisionError) as exc:
+            raise ProgramError(str(exc), line) from None
+
+    def _eval_inner(self, node: ast.expr, env: dict[str, Any]) -> Any:
+        line = getattr(node, "lineno", None)
+        if isinstance(node, ast.Name):
+            if node.id not in env:
+                raise ProgramError(f"name {node.id!r} is not defined", line)
+            return env[node.id]
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Tuple):
+            return _constant(node)
+        if isinstance(node, ast.UnaryOp):
+            value = self._eval(node.operand, env)
+            if isinstance(node.op, ast.UAdd):
+                return value
+            return apply(OPS["neg"], value) if isinstance(value, Tensor) else -value
+        if isinstance(node, ast.BinOp):
+            left, right = self._eval(node.left, env), self._eval(node.right, env)
+            op_name, py_op = _BINOPS[type(node.op)]
+            if isinstance(left, Tensor) or isinstance(right, Tensor) or op_name == "matmul":
+                if not op_name:
+                    raise ProgramError("// and % are for integer index arithmetic only", line)
+                if isinstance(left, list) or isinstance(right, list):
+                    raise ProgramError("arithmetic on a whole list; index it first, e.g. weights[l]", line)
+                return apply(OPS[op_name], left, right)
+            if isinstance(left, list) or isinstance(right, list):
+                raise ProgramError("arithmetic on a whole list; index it first, e.g. weights[l]", line)
+            return py_op(left, right)
+        if isinstance(node, ast.Call):
+            name = node.func.id  # type: ignore[attr-defined]
+            args = [self._eval(a, env) for a in node.args]
+            if name == "len":
+                if not isinstance(args[0], list):
+                    raise ProgramError("len() takes a list input", line)
+                return len(args[0])
+            kwargs = {kw.arg: _constant(kw.value) for kw in node.keywords}
+            return apply(OPS[name], *args, **kwargs)
+        if isinstance(node, ast.Subscript):
+            container = self._eval(node.value, env)
+            index = self._eval(node.slice, env)
+            if not isinstance(container, list):
+                raise ProgramError("only list inputs can be indexed", line)
+            if not isinstance(index, int):
+                raise ProgramError("a list index must be an integer", line)
+            if not -len(container) <= index < len(container):
+                raise ProgramError(f"index {index} is out of range for a list of {len(container)}", line)
+            return container[index]
+        if isinstance(node, ast.Attribute):
+            value = self._eval(node.value, env)
+            if not isinstance(value, Tensor):
+                raise ProgramError(".T needs an array", line)
+            return value.T
+        raise ProgramError(f"cannot evaluate {type(node).__name__}", line)
+
+
+def _constant(node: ast.expr) -> Any:
+    """A literal op argument: a number, True/False/None, or a tuple of them."""
+    if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, (int, float, bool))):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _constant(node.operand)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value
+    if isinstance(node, ast.Tuple):
+        return tuple(_constant(e) for e in node.elts)
+    raise ProgramError("op options such as axis= must be constants", getattr(node, "lineno", None))
+
+
+def parse_expression(source: str) -> tuple[Program, ast.expr]:
+    """Parse a single expression (used by constraints) with the same rules."""
+    program = Program.parse(f"__value__ = {source}")
+    stmt = program.tree.body[0]
+    assert isinstance(stmt, ast.Assign)
+    return program, stmt.value
