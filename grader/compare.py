@@ -1,0 +1,296 @@
+"""Comparing what a student returned with the expected answer, in the trusted parent.
+
+Checks run in the order a student can act on: structure, type, dtype, shape, finiteness,
+then values. Every message is written for the student; with `hidden=True` it says what
+went wrong without revealing the trial's inputs or expected values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from grader.runner.protocol import Returned, Unsupported
+from grader.spec.load import LeafInfo
+from grader.spec.model import DictReturn, Leaf, ReturnSpec, SeqReturn, Tolerance
+
+
+@dataclass(frozen=True)
+class Check:
+    passed: bool
+    message: str = ""
+    float32: bool = False
+
+
+PASS = Check(True)
+
+
+class StructureError(Exception):
+    pass
+
+
+def describe(value: Any) -> str:
+    """A short, student-facing description of a returned value's type."""
+    if value is None:
+        return "None"
+    if isinstance(value, Returned):
+        array = value.array
+        what = "a NumPy array" if value.kind == "array" else f"a {value.kind}"
+        return f"{what} of shape {fmt_shape(array.shape)} and dtype {array.dtype}"
+    if isinstance(value, Unsupported):
+        return f"a {value.description} (not numeric data)"
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, (int, float, complex)):
+        return f"a Python {type(value).__name__}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} items"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return "a dict with keys " + ", ".join(repr(k) for k in value) if value else "an empty dict"
+    return type(value).__name__
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    if len(shape) == 1:
+        return f"({shape[0]},)"
+    return "(" + ", ".join(str(n) for n in shape) + ")"
+
+
+def _names(spec: ReturnSpec) -> str:
+    if isinstance(spec, Leaf):
+        return spec.label
+    if isinstance(spec, SeqReturn):
+        return "(" + ", ".join(_names(item) for item in spec.items) + ")"
+    return "{" + ", ".join(repr(k) for k in spec.keys) + "}"
+
+
+def _expected_form(spec: ReturnSpec) -> str:
+    if isinstance(spec, SeqReturn):
+        kind = "tuple" if spec.tuple is not None else "list"
+        return f"a {kind} {_names(spec)}"
+    if isinstance(spec, DictReturn):
+        return "a dict with keys " + ", ".join(repr(k) for k in spec.keys)
+    return "an array"
+
+
+def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Union[Any, StructureError]]:
+    """Each output's returned value by its path, or why it cannot be found."""
+    found: dict[tuple[Union[int, str], ...], Union[Any, StructureError]] = {}
+
+    def walk(node: ReturnSpec, actual: Any, path: tuple[Union[int, str], ...]) -> None:
+        if isinstance(node, Leaf):
+            found[path] = actual
+            return
+        if isinstance(actual, StructureError):
+            for sub_path, _ in _leaf_paths(node, path):
+                found[sub_path] = actual
+            return
+        if isinstance(node, SeqReturn):
+            items = node.items
+            seq: Optional[list[Any]] = None
+            if isinstance(actual, (list, tuple)):
+                seq = list(actual)
+            elif isinstance(actual, Returned) and actual.array.ndim >= 1 and actual.array.shape[0] == len(items):
+                # One stacked array where a tuple was asked: the parts are still the answers.
+                seq = [Returned(actual.array[i], actual.kind) for i in range(len(items))]
+            if seq is None:
+                err = StructureError(f"returned {describe(actual)}; expected {_expected_form(node)}")
+                for i, item in enumerate(items):
+                    walk(item, err, (*path, i))
+                return
+            if len(seq) != len(items):
+                err = StructureError(
+                    f"returned {describe(actual)}; expected {len(items)} items: {_names(node)}"
+                )
+                for i, item in enumerate(items):
+                    walk(item, err, (*path, i))
+                return
+            for i, item in enumerate(items):
+                walk(item, seq[i], (*path, i))
+            return
+        assert isinstance(node, DictReturn)
+        if not isinstance(actual, dict):
+            err = StructureError(f"returned {describe(actual)}; expected {_expected_form(node)}")
+            for key, item in node.keys.items():
+                walk(item, err, (*path, key))
+            return
+        for key, item in node.keys.items():
+            if key in actual:
+                walk(item, actual[key], (*path, key))
+            else:
+                have = ", ".join(repr(k) for k in actual) or "none"
+                walk(item, StructureError(f"the returned dict has no key {key!r} (its keys: {have})"), (*path, key))
+
+    walk(spec, value, ())
+    return found
+
+
+def _leaf_paths(node: ReturnSpec, path: tuple[Union[int, str], ...]) -> list[tuple[tuple[Union[int, str], ...], Leaf]]:
+    from grader.spec.load import iter_leaves
+
+    return [((*path, *p), leaf) for p, leaf in iter_leaves(node)]
+
+
+def to_array(value: Any) -> Union[np.ndarray, str]:
+    """The returned value as an array, or why it is not one (a student-facing reason)."""
+    if isinstance(value, Returned):
+        return value.array
+    if value is None:
+        return "is None (is a return statement missing?)"
+    if isinstance(value, Unsupported):
+        return f"is {describe(value)}; return a NumPy array"
+    if isinstance(value, (str, dict)):
+        return f"is {describe(value)}, not an array"
+    if isinstance(value, (bool, int, float, complex)):
+        return np.asarray(value)
+    if isinstance(value, (list, tuple)):
+        try:
+            plain = _plainify(value)
+            array = np.asarray(plain)
+        except (ValueError, TypeError, _NotNumeric):
+            return f"is {describe(value)} that does not form a regular numeric array"
+        if array.dtype.kind not in "biufc":
+            return f"is {describe(value)} that does not form a regular numeric array"
+        return array
+    return f"is {describe(value)}, not an array"
+
+
+class _NotNumeric(Exception):
+    pass
+
+
+def _plainify(value: Any) -> Any:
+    if isinstance(value, Returned):
+        return value.array
+    if isinstance(value, (list, tuple)):
+        return [_plainify(v) for v in value]
+    if isinstance(value, (bool, int, float, complex)):
+        return value
+    raise _NotNumeric()
+
+
+def check_leaf(
+    info: LeafInfo,
+    expected: Any,
+    actual: Any,
+    tol: Tolerance,
+    hidden: bool,
+    shape_names: Optional[str] = None,
+) -> Check:
+    label = info.label
+    if isinstance(actual, StructureError):
+        return Check(False, str(actual))
+    if isinstance(expected, list):
+        return _check_list(label, expected, actual, tol, hidden)
+    return check_array(label, expected, actual, tol, hidden, shape_names)
+
+
+def _check_list(label: str, expected: list[np.ndarray], actual: Any, tol: Tolerance, hidden: bool) -> Check:
+    if not isinstance(actual, (list, tuple)):
+        return Check(False, f"{label} {_is(actual)}; expected a list of {len(expected)} arrays")
+    if len(actual) != len(expected):
+        return Check(False, f"{label} has {len(actual)} entries; expected {len(expected)} (one per layer)")
+    float32 = False
+    for i, (exp, act) in enumerate(zip(expected, actual)):
+        result = check_array(f"{label}[{i}]", exp, act, tol, hidden)
+        if not result.passed:
+            return result
+        float32 = float32 or result.float32
+    return Check(True, float32=float32)
+
+
+def _is(value: Any) -> str:
+    return f"is {describe(value)}"
+
+
+def check_array(
+    label: str,
+    expected: np.ndarray,
+    actual: Any,
+    tol: Tolerance,
+    hidden: bool,
+    shape_names: Optional[str] = None,
+) -> Check:
+    array = to_array(actual)
+    if isinstance(array, str):
+        return Check(False, f"{label} {array}")
+    kind, size = array.dtype.kind, array.dtype.itemsize
+    if kind == "c":
+        return Check(False, f"{label} has complex dtype {array.dtype}; gradients here are real numbers")
+    if kind == "b":
+        return Check(False, f"{label} is a boolean array; a gradient must hold numbers")
+    float32 = kind == "f" and size == 4
+    if kind == "f" and size < 4:
+        return Check(False, f"{label} is {array.dtype}, too imprecise to check; return float64")
+    if array.shape != expected.shape:
+        return Check(False, f"{label} " + _shape_message(expected.shape, array.shape, shape_names))
+    values = array.astype(np.float64)
+    bad = ~np.isfinite(values)
+    if np.any(bad):
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        what = "NaN" if np.isnan(values[where]) else "inf"
+        at = "" if hidden or not where else f" (first at index {where})"
+        return Check(False, f"{label} contains {what}{at}", float32)
+    rtol, atol = (tol.float32_rtol, tol.float32_atol) if float32 else (tol.rtol, tol.atol)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    err = np.abs(values - expected)
+    allowed = atol * max(scale, 1e-300) + rtol * np.abs(expected)
+    wrong = err > allowed
+    if not np.any(wrong):
+        return Check(True, float32=float32)
+    count, total = int(np.count_nonzero(wrong)), expected.size
+    if hidden:
+        return Check(False, f"{label} has wrong values in {count} of {total} entries", float32)
+    worst = np.unravel_index(int(np.argmax(np.where(wrong, err, -1.0))), expected.shape) if expected.ndim else ()
+    index = "" if not expected.ndim else f" at index {tuple(int(i) for i in worst)}"
+    message = (
+        f"{label} has wrong values in {count} of {total} entries; largest difference{index}: "
+        f"expected {expected[worst]:.6g}, got {values[worst]:.6g}"
+    )
+    if float32:
+        message += " (compared with the float32 tolerance)"
+    return Check(False, message, float32)
+
+
+def _shape_message(expected: tuple[int, ...], got: tuple[int, ...], names: Optional[str]) -> str:
+    want = fmt_shape(expected) + (f" = {names}" if names else "")
+    message = f"has shape {fmt_shape(got)}; expected {want}"
+    if len(got) == len(expected) >= 2 and got == expected[::-1]:
+        message += ". That is the transposed shape"
+    elif tuple(n for n in got if n != 1) == tuple(n for n in expected if n != 1):
+        message += ". It differs only in axes of size 1: check keepdims, reshape or a missing sum"
+    elif len(got) == len(expected) + 1 and got[1:] == expected:
+        message += ". It has an extra leading axis: should it be summed over?"
+    return message
+
+
+def check_unchanged(names: list[str], before: list[Any], after: Any) -> Optional[str]:
+    """Which argument the student's function modified in place, if any."""
+    if not isinstance(after, (list, tuple)) or len(after) != len(before):
+        return None  # the child could not report; nothing to blame the student for
+    for name, original, now in zip(names, before, after):
+        if _changed(original, now):
+            return (
+                f"modified its argument `{name}` in place (the caller's array changed); "
+                f"work on a copy, e.g. `{name} = {name}.copy()`"
+            )
+    return None
+
+
+def _changed(original: Any, now: Any) -> bool:
+    if isinstance(original, np.ndarray):
+        if not isinstance(now, Returned):
+            return True
+        a = now.array
+        return a.shape != original.shape or a.dtype != original.dtype or not np.array_equal(a, original, equal_nan=True)
+    if isinstance(original, list):
+        if not isinstance(now, list) or len(now) != len(original):
+            return True
+        return any(_changed(o, n) for o, n in zip(original, now))
+    return False

@@ -1,0 +1,354 @@
+"""Grading one submission: the code path shared by `grader grade` and the Celery worker.
+
+Reference answers come from the engine, the student's functions run out of process, and
+every verdict is reached here, in the trusted parent. The result is a JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from grader import __version__
+from grader.compare import Check, check_leaf, check_unchanged, locate
+from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport, SubprocessRunner
+from grader.spec.load import Assignment, Function, LeafInfo
+from grader.trials import Trial, make_trials
+
+MAX_SOURCE_BYTES = 1 << 20
+MAX_DETAILS = 3  # failing trials spelled out per function in the feedback text
+
+
+class SubmissionRejected(Exception):
+    """The file cannot be run at all (empty, binary, too large): graded 0 with this message."""
+
+
+def decode_source(data: bytes, max_bytes: int = MAX_SOURCE_BYTES) -> str:
+    if len(data) > max_bytes:
+        raise SubmissionRejected(
+            f"Your file is {len(data):,} bytes; the limit is {max_bytes:,} bytes. "
+            "Submit only your Python source file."
+        )
+    if not data.strip():
+        raise SubmissionRejected("Your file is empty. Submit the Python file with your functions.")
+    if b"\x00" in data:
+        raise SubmissionRejected(
+            "Your file contains NUL bytes, so it is not Python source (a binary file, a notebook export "
+            "or a zip?). Submit the .py file itself."
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SubmissionRejected(
+            f"Your file is not valid UTF-8 text (byte {exc.start} cannot be decoded). "
+            "Save it as UTF-8 and submit again."
+        ) from None
+    return text
+
+
+@dataclass
+class _Timer:
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, started: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def new_seed() -> int:
+    return secrets.randbits(63)
+
+
+def grade_bytes(
+    assignment: Assignment,
+    data: bytes,
+    seed: Optional[int] = None,
+    runner: Optional[Runner] = None,
+) -> dict[str, Any]:
+    """Grade one submitted file. Always returns a result; a bad file scores 0 with a reason."""
+    seed = new_seed() if seed is None else seed
+    timer = _Timer()
+    started = time.perf_counter()
+    try:
+        source = decode_source(data)
+    except SubmissionRejected as exc:
+        parts = [_part_unrun(fn, str(exc)) for fn in assignment.functions]
+        return _result(assignment, seed, parts, [str(exc)], timer, started)
+
+    t = time.perf_counter()
+    trials = {fn.name: make_trials(assignment, fn, seed) for fn in assignment.functions}
+    timer.add("reference_ms", t)
+
+    calls: list[Call] = []
+    for fn in assignment.functions:
+        limits = fn.limits
+        for trial in trials[fn.name]:
+            calls.append(Call(fn.name, trial.args, float(limits.wall_seconds or 3), float(limits.cpu_seconds or 2)))
+    memory = max(int(fn.limits.memory_mb or 512) for fn in assignment.functions)
+    import_seconds = max(float(fn.limits.import_seconds or 5) for fn in assignment.functions)
+    job = Job(source, calls, memory_mb=memory, import_seconds=import_seconds)
+
+    t = time.perf_counter()
+    own_runner = runner is None
+    active = runner or SubprocessRunner()
+    try:
+        report = active.run(job)
+    finally:
+        if own_runner:
+            active.close()
+    timer.add("run_ms", t)
+
+    t = time.perf_counter()
+    messages: list[str] = []
+    if report.load.status != "ok":
+        load_message = _load_message(report.load, import_seconds)
+        messages.append(load_message)
+        parts = [_part_unrun(fn, load_message) for fn in assignment.functions]
+    else:
+        parts = []
+        offset = 0
+        for fn in assignment.functions:
+            fn_trials = trials[fn.name]
+            results = report.calls[offset : offset + len(fn_trials)]
+            offset += len(fn_trials)
+            parts.append(_grade_function(assignment, fn, fn_trials, results, report, memory))
+    if report.output.get("<import>"):
+        messages.append("Your file printed while it was loaded:\n" + report.output["<import>"])
+    timer.add("compare_ms", t)
+    return _result(assignment, seed, parts, messages, timer, started)
+
+
+def _result(
+    assignment: Assignment,
+    seed: int,
+    parts: list[dict[str, Any]],
+    messages: list[str],
+    timer: _Timer,
+    started: float,
+) -> dict[str, Any]:
+    timer.phases["total_ms"] = (time.perf_counter() - started) * 1000
+    return {
+        "assignment": assignment.id,
+        "assignment_version": assignment.spec.version,
+        "title": assignment.spec.title,
+        "status": "graded",
+        "score": _round(sum(p["score"] for p in parts)),
+        "max_score": _round(assignment.max_score),
+        "seed": seed,
+        "messages": messages,
+        "parts": parts,
+        "timing": {k: round(v, 3) for k, v in timer.phases.items()},
+        "grader_version": __version__,
+    }
+
+
+def _round(x: float) -> float:
+    return round(x + 0.0, 6)
+
+
+def _load_message(load: LoadResult, import_seconds: float) -> str:
+    if load.status == "timeout":
+        return (
+            f"Your file did not finish loading within {import_seconds:g} s, so no function was run. "
+            "Is there a long computation or an infinite loop at the top level?"
+        )
+    if load.status == "crashed":
+        return f"The process running your file died while loading it ({load.detail}), so no function was run."
+    err = load.error or {}
+    kind = err.get("type", "Exception")
+    line = err.get("line")
+    at = f" at line {line}" if line else ""
+    if kind in ("SyntaxError", "IndentationError", "TabError"):
+        head = f"Your file has a {kind}{at}, so no function could be run."
+    else:
+        head = f"Your file raised {kind}{at} while it was loaded, so no function could be run."
+    return head + ("\n" + err["text"].rstrip() if err.get("text") else "")
+
+
+def _part_unrun(fn: Function, message: str) -> dict[str, Any]:
+    return {
+        "function": fn.name,
+        "score": 0.0,
+        "max_score": _round(fn.spec.points),
+        "status": "not_run",
+        "feedback": message,
+        "outputs": [_output_entry(info, False, [], False) for info in fn.leaves],
+        "trials": [],
+    }
+
+
+def _output_entry(info: LeafInfo, passed: bool, failed: list[int], float32: bool) -> dict[str, Any]:
+    return {
+        "name": info.label,
+        "where": info.where,
+        "score": _round(info.points if passed else 0.0),
+        "max_score": _round(info.points),
+        "passed": passed,
+        "failed_trials": failed,
+        "float32": float32,
+    }
+
+
+def _shape_names(assignment: Assignment, fn: Function, info: LeafInfo) -> Optional[str]:
+    """The symbolic shape of an output, e.g. "(D, M)", when it is an input's gradient."""
+    inp = fn.inputs.get(info.leaf.target)
+    if inp is None or not isinstance(inp.shape, list) or inp.type != "array":
+        return None
+    names = [str(d) for d in inp.shape]
+    return "(" + ", ".join(names) + ("," if len(names) == 1 else "") + ")"
+
+
+def _grade_function(
+    assignment: Assignment,
+    fn: Function,
+    trials: list[Trial],
+    results: list[CallResult],
+    report: RunReport,
+    memory_mb: int,
+) -> dict[str, Any]:
+    tol = assignment.spec.tolerance
+    failed: dict[str, list[int]] = {info.label: [] for info in fn.leaves}
+    float32 = {info.label: False for info in fn.leaves}
+    trial_entries: list[dict[str, Any]] = []
+    details: list[str] = []
+    general: Optional[str] = None  # one message that applies to every trial (missing, arity)
+
+    for trial, res in zip(trials, results):
+        entry = _trial_entry(trial, res)
+        problems: list[str] = []
+        if res.status == "ok":
+            changed = check_unchanged(fn.spec.args, trial.args, res.args_after)
+            found = locate(fn.spec.returns, res.value)
+            outcomes: dict[str, str] = {}
+            for info, expected in zip(fn.leaves, trial.expected):
+                check: Check = check_leaf(
+                    info, expected, found[info.path], tol, trial.hidden, _shape_names(assignment, fn, info)
+                )
+                ok = check.passed and changed is None
+                outcomes[info.label] = "passed" if ok else "failed"
+                float32[info.label] = float32[info.label] or check.float32
+                if not ok:
+                    failed[info.label].append(trial.index)
+                if not check.passed:
+                    problems.append(check.message)
+            if changed:
+                problems.insert(0, f"{fn.name} {changed}")
+            entry["outputs"] = outcomes
+            entry["status"] = "passed" if not problems else "failed"
+        else:
+            for info in fn.leaves:
+                failed[info.label].append(trial.index)
+            message = _call_problem(fn, trial, res, memory_mb)
+            if res.status in ("missing", "not_callable", "bad_signature"):
+                general = message
+            problems.append(message)
+            entry["status"] = res.status
+        entry["messages"] = problems
+        trial_entries.append(entry)
+        if problems and general is None and len(details) < MAX_DETAILS and res.status != "skipped":
+            details.append(f"{_trial_title(trial)}: " + "\n  ".join(problems))
+
+    outputs = [_output_entry(info, not failed[info.label], failed[info.label], float32[info.label]) for info in fn.leaves]
+    score = sum(o["score"] for o in outputs)
+    n = len(trials)
+    passed_all = all(o["passed"] for o in outputs)
+    lines: list[str] = []
+    if general:
+        lines.append(general)
+    elif passed_all:
+        lines.append(f"All {n} trials passed.")
+    else:
+        for o in outputs:
+            state = "correct" if o["passed"] else f"wrong on {len(o['failed_trials'])} of {n} trials"
+            lines.append(f"{o['name']}: {state} ({_fmt_points(o['score'])}/{_fmt_points(o['max_score'])} points)")
+        total_failing = sum(1 for e in trial_entries if e["status"] != "passed")
+        lines.extend(details)
+        if total_failing > len(details):
+            lines.append(f"... and {total_failing - len(details)} more failing trial(s); see the trial list.")
+    if any(o["float32"] for o in outputs):
+        lines.append(
+            "Some outputs were float32; they were checked with the float32 tolerance "
+            f"(rtol {tol.float32_rtol:g}). Return float64 to be checked at full precision."
+        )
+    printed = report.output.get(fn.name)
+    part: dict[str, Any] = {
+        "function": fn.name,
+        "score": _round(score),
+        "max_score": _round(fn.spec.points),
+        "status": "passed" if passed_all else ("partial" if score > 0 else "failed"),
+        "feedback": "\n".join(lines),
+        "outputs": outputs,
+        "trials": trial_entries,
+    }
+    if printed:
+        part["printed"] = printed
+    return part
+
+
+def _fmt_points(x: float) -> str:
+    return f"{x:g}"
+
+
+def _trial_title(trial: Trial) -> str:
+    if trial.hidden:
+        return f"Trial {trial.index} (hidden; {trial.label})"
+    return f"Trial {trial.index} ({trial.label}; {trial.describe()})"
+
+
+def _trial_entry(trial: Trial, res: CallResult) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": trial.index, "label": trial.label, "hidden": trial.hidden}
+    if not trial.hidden:
+        entry["shapes"] = {k: _jsonable_shape(v) for k, v in trial.arg_shapes.items()}
+        entry["dims"] = dict(trial.dims)
+    if res.seconds is not None:
+        entry["seconds"] = round(res.seconds, 6)
+    return entry
+
+
+def _jsonable_shape(shape: Any) -> Any:
+    if isinstance(shape, tuple):
+        return list(shape)
+    if isinstance(shape, list):
+        return [_jsonable_shape(s) for s in shape]
+    return shape
+
+
+def _call_problem(fn: Function, trial: Trial, res: CallResult, memory_mb: int) -> str:
+    name = fn.name
+    wall = fn.limits.wall_seconds
+    if res.status == "missing":
+        return f"Your file does not define a function named `{name}`."
+    if res.status == "not_callable":
+        return f"`{name}` in your file is a {res.detail}, not a function."
+    if res.status == "bad_signature":
+        args = ", ".join(fn.spec.args)
+        return f"`{name}` cannot be called as {name}({args}): {res.detail}."
+    if res.status == "error":
+        err = res.error or {}
+        kind = err.get("type", "Exception")
+        if kind == "MemoryError":
+            return (
+                f"{name} ran out of memory (limit {memory_mb} MB) on this trial. Compute the product "
+                "directly instead of building large intermediate arrays such as a full Jacobian."
+            )
+        if kind == "RecursionError":
+            return f"{name} recursed too deeply (RecursionError)."
+        text = err.get("text", "").rstrip()
+        return f"{name} raised {kind}" + (f":\n{text}" if text else "")
+    if res.status == "timeout":
+        return f"{name} exceeded the {wall:g} s time limit on this trial and was stopped."
+    if res.status == "crashed":
+        detail = res.detail or "it died"
+        if "SIGXCPU" in detail:
+            return f"{name} exceeded the CPU time limit and was stopped."
+        return f"The process running {name} died on this trial ({detail})."
+    if res.status == "too_large":
+        return f"{name} returned more data than allowed ({res.detail})."
+    if res.status == "too_complex":
+        return f"{name} returned a value nested too deeply or with too many parts to check."
+    if res.status == "protocol":
+        return f"The grader could not read what {name} returned ({res.detail}); did your code write to file descriptors it does not own?"
+    if res.status == "skipped":
+        return f"Not run, because an earlier trial of {name} ended with: {res.detail}."
+    return f"{name} could not be run ({res.status})."

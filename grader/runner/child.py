@@ -1,0 +1,290 @@
+"""The program that runs a student's file: standalone, standard library and NumPy only.
+
+It is started fresh for each submission (or forked from a sandbox zygote), reads one job
+from stdin, runs every requested call and writes one framed message per call to the
+result fd. It imports nothing from the grader, so a sandbox need not expose the grader's
+code, and it decides nothing: the trusted parent parses what it sends and does all the
+comparing and scoring. Anything it reports could have been forged by the student's code,
+which is fine, because a forged report can say no more than the student's own return
+value could.
+
+Wire format (both directions): a frame is an 8-byte little-endian length, then a 4-byte
+little-endian header length, a UTF-8 JSON header, and the header's `blobs` (byte lengths)
+of `.npy` arrays back to back. Values are encoded as a JSON skeleton that points at blobs.
+"""
+
+import io
+import json
+import os
+import resource
+import struct
+import sys
+import time
+import traceback
+
+import numpy as np
+
+FILENAME = "submission.py"
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+MAX_TRACEBACK = 4000
+_ALLOWED_KINDS = "biufc"
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _numbers_only(value):
+    """True for (nested) lists/tuples whose leaves are all Python numbers."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > 50_000_000:
+            return False
+        if isinstance(item, (list, tuple)):
+            if not item:
+                return False
+            stack.extend(item)
+        elif isinstance(item, bool) or not isinstance(item, (int, float)):
+            return False
+    return True
+
+
+def read_frame(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    (length,) = struct.unpack("<Q", head)
+    payload = stream.read(length)
+    (hlen,) = struct.unpack("<I", payload[:4])
+    header = json.loads(payload[4 : 4 + hlen].decode("utf-8"))
+    blobs, offset = [], 4 + hlen
+    for size in header.get("blobs", []):
+        blobs.append(payload[offset : offset + size])
+        offset += size
+    return header, blobs
+
+
+def write_frame(fd, header, blobs):
+    header = dict(header, blobs=[len(b) for b in blobs])
+    head = json.dumps(header, allow_nan=True).encode("utf-8")
+    payload = b"".join([struct.pack("<I", len(head)), head, *blobs])
+    data = struct.pack("<Q", len(payload)) + payload
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def decode(skel, blobs):
+    """Arguments from the parent (trusted input)."""
+    if "a" in skel:
+        return np.load(io.BytesIO(blobs[skel["a"]]), allow_pickle=False)
+    if "f" in skel:
+        return float(skel["f"])
+    if "i" in skel:
+        return int(skel["i"])
+    if "l" in skel:
+        return [decode(v, blobs) for v in skel["l"]]
+    if "t" in skel:
+        return tuple(decode(v, blobs) for v in skel["t"])
+    if "n" in skel:
+        return None
+    raise ValueError("unknown argument encoding")
+
+
+class Encoder:
+    """Turns whatever the student returned into a skeleton plus npy blobs, or a marker
+    naming a type the parent cannot accept (object arrays, custom classes, ...)."""
+
+    def __init__(self, numeric_lists=True):
+        self.blobs = []
+        self.nodes = 0
+        self.numeric_lists = numeric_lists
+
+    def encode(self, value, depth=0):
+        self.nodes += 1
+        if depth > MAX_DEPTH or self.nodes > MAX_NODES:
+            raise _TooBig()
+        if value is None:
+            return {"n": None}
+        if isinstance(value, bool):
+            return {"b": value}
+        if isinstance(value, int):
+            return {"i": value} if abs(value) < 2**63 else {"f": float(value)}
+        if isinstance(value, float):
+            return {"f": value}
+        if isinstance(value, complex):
+            return {"c": [value.real, value.imag]}
+        if isinstance(value, (np.ndarray, np.generic)):
+            array = np.asarray(value)
+            if array.dtype.kind not in _ALLOWED_KINDS:
+                return {"u": "a NumPy array of dtype " + str(array.dtype)}
+            kind = "array" if isinstance(value, np.ndarray) else "numpy scalar"
+            if type(value) is not np.ndarray and isinstance(value, np.ndarray):
+                kind = type(value).__name__
+            return self.array(array, kind)
+        if isinstance(value, (list, tuple)):
+            if self.numeric_lists and _numbers_only(value):
+                # Nested lists of numbers are an array-like answer; sending them as one
+                # array keeps a large one cheap and lets the parent check its shape.
+                try:
+                    return self.array(np.asarray(value, dtype=np.float64), type(value).__name__)
+                except (ValueError, TypeError, OverflowError):
+                    pass
+            key = "l" if isinstance(value, list) else "t"
+            return {key: [self.encode(v, depth + 1) for v in value]}
+        if isinstance(value, dict):
+            items = []
+            for k, v in value.items():
+                items.append([k if isinstance(k, str) else repr(k)[:80], self.encode(v, depth + 1)])
+            return {"d": items}
+        if isinstance(value, str):
+            return {"s": value[:200]}
+        type_name = type(value).__module__ + "." + type(value).__qualname__
+        if hasattr(value, "__array__"):
+            try:
+                array = np.asarray(value)
+            except Exception:
+                return {"u": type_name}
+            if array.dtype.kind in _ALLOWED_KINDS:
+                return self.array(array, type_name)
+        return {"u": type_name}
+
+    def array(self, array, kind):
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, allow_pickle=False)
+        self.blobs.append(buf.getvalue())
+        return {"a": len(self.blobs) - 1, "k": kind}
+
+
+def format_error(exc):
+    """The student's traceback only: frames of this harness are dropped."""
+    te = traceback.TracebackException.from_exception(exc, limit=-20)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename == FILENAME])
+    text = "".join(te.format())
+    if len(text) > MAX_TRACEBACK:
+        text = text[: MAX_TRACEBACK // 2] + "\n[...]\n" + text[-MAX_TRACEBACK // 2 :]
+    return {"type": type(exc).__name__, "text": text, "line": _lineno(exc)}
+
+
+def _lineno(exc):
+    if isinstance(exc, SyntaxError):
+        return exc.lineno
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def apply_limits(limits):
+    """Backstops inside the process; the parent's wall clock and SIGKILL are the real limit."""
+    mb = limits.get("memory_mb")
+    if mb:
+        resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
+    cpu = limits.get("cpu_seconds_total")
+    if cpu:
+        soft = int(cpu) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+    fsize = limits.get("file_bytes", 16 << 20)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def load_module(source):
+    import linecache
+
+    # Tracebacks show the student's own lines only if linecache knows the source.
+    linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
+    module = type(sys)("submission")
+    module.__file__ = FILENAME
+    code = compile(source, FILENAME, "exec", dont_inherit=True)
+    sys.modules["submission"] = module
+    exec(code, module.__dict__)
+    return module
+
+
+def check_signature(func, nargs):
+    import inspect
+
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*range(nargs))
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def run_call(module, call, blobs, result_fd):
+    name = call["function"]
+    func = module.__dict__.get(name)
+    reply = {"kind": "call", "index": call["index"]}
+    if func is None:
+        write_frame(result_fd, dict(reply, status="missing"), [])
+        return
+    if not callable(func):
+        write_frame(result_fd, dict(reply, status="not_callable", detail=type(func).__name__), [])
+        return
+    args = [decode(a, blobs) for a in call["args"]]
+    problem = check_signature(func, len(args))
+    if problem is not None:
+        write_frame(result_fd, dict(reply, status="bad_signature", detail=problem), [])
+        return
+    start = time.perf_counter()
+    try:
+        value = func(*args)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt are the student's too
+        reply.update(status="error", seconds=time.perf_counter() - start, error=format_error(exc))
+        write_frame(result_fd, reply, [])
+        return
+    seconds = time.perf_counter() - start
+    encoder = Encoder()
+    try:
+        skeleton = encoder.encode(value)
+        encoder.numeric_lists = False
+        after = encoder.encode(args)
+    except _TooBig:
+        write_frame(result_fd, dict(reply, status="too_complex", seconds=seconds), [])
+        return
+    except BaseException as exc:
+        reply.update(status="error", seconds=seconds, error=format_error(exc), during="encoding")
+        write_frame(result_fd, reply, [])
+        return
+    write_frame(result_fd, dict(reply, status="ok", seconds=seconds, value=skeleton, args_after=after), encoder.blobs)
+
+
+def main():
+    result_fd = int(sys.argv[1])
+    job = read_frame(sys.stdin.buffer)
+    if job is None:
+        return 2
+    header, blobs = job
+    apply_limits(header.get("limits", {}))
+    try:
+        start = time.perf_counter()
+        module = load_module(header["source"])
+    except BaseException as exc:
+        write_frame(result_fd, {"kind": "loaded", "ok": False, "error": format_error(exc)}, [])
+        return 0
+    write_frame(result_fd, {"kind": "loaded", "ok": True, "seconds": time.perf_counter() - start}, [])
+    for call in header["calls"]:
+        run_call(module, call, blobs, result_fd)
+    write_frame(result_fd, {"kind": "done"}, [])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    # os._exit: skip interpreter teardown, which would run the student's atexit hooks and
+    # __del__ methods after the last frame, where no deadline attributes them to a call.
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)

@@ -1,0 +1,201 @@
+"""The trusted side of the wire format spoken with `child.py`.
+
+Everything arriving from the child is hostile: frames are length-checked against caps
+before they are buffered, JSON is parsed from bounded bytes, arrays are read with
+`allow_pickle=False` and must have a whitelisted dtype, and skeletons are walked with a
+depth limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+ALLOWED_DTYPE_KINDS = "biufc"  # bool, int, uint, float, complex
+MAX_DEPTH = 40
+
+
+class ProtocolError(Exception):
+    """The child sent something that is not a well-formed frame or value."""
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """The student returned something that is not data (a custom object, an object array)."""
+
+    description: str
+
+
+def pack_frame(header: dict[str, Any], blobs: list[bytes]) -> bytes:
+    head = json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode("utf-8")
+    payload = b"".join([struct.pack("<I", len(head)), head, *blobs])
+    return struct.pack("<Q", len(payload)) + payload
+
+
+class ArgEncoder:
+    """Encodes trial arguments (trusted values from the trial generator)."""
+
+    def __init__(self) -> None:
+        self.blobs: list[bytes] = []
+
+    def encode(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, np.ndarray):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, value, allow_pickle=False)
+            self.blobs.append(buf.getvalue())
+            return {"a": len(self.blobs) - 1}
+        if isinstance(value, bool):
+            raise TypeError("booleans are not trial arguments")
+        if isinstance(value, int):
+            return {"i": value}
+        if isinstance(value, float):
+            return {"f": value}
+        if isinstance(value, list):
+            return {"l": [self.encode(v) for v in value]}
+        if isinstance(value, tuple):
+            return {"t": [self.encode(v) for v in value]}
+        if value is None:
+            return {"n": None}
+        raise TypeError(f"cannot send {type(value).__name__} to the sandbox")
+
+
+class FrameReader:
+    """Incremental frame parser over bytes read from a pipe, with a per-frame size cap."""
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[bytes]]]:
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= 8:
+            (length,) = struct.unpack_from("<Q", self.buffer)
+            if length > self.max_frame:
+                raise ProtocolError(f"a result of {length} bytes exceeds the {self.max_frame}-byte limit")
+            if len(self.buffer) < 8 + length:
+                break
+            payload = bytes(self.buffer[8 : 8 + length])
+            del self.buffer[: 8 + length]
+            frames.append(parse_payload(payload))
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self.buffer)
+
+
+def parse_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    if len(payload) < 4:
+        raise ProtocolError("truncated frame")
+    (hlen,) = struct.unpack_from("<I", payload)
+    if 4 + hlen > len(payload):
+        raise ProtocolError("frame header longer than the frame")
+    try:
+        header = json.loads(payload[4 : 4 + hlen].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"unreadable frame header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not an object")
+    sizes = header.get("blobs", [])
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+        raise ProtocolError("bad blob table")
+    if 4 + hlen + sum(sizes) != len(payload):
+        raise ProtocolError("blob sizes do not add up to the frame length")
+    blobs, offset = [], 4 + hlen
+    for size in sizes:
+        blobs.append(payload[offset : offset + size])
+        offset += size
+    return header, blobs
+
+
+def load_array(blob: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(blob), allow_pickle=False)
+    except Exception as exc:  # malformed npy bytes of any kind
+        raise ProtocolError(f"unreadable array: {exc}") from None
+    if not isinstance(array, np.ndarray) or type(array) is not np.ndarray:
+        raise ProtocolError("not a plain array")
+    if array.dtype.kind not in ALLOWED_DTYPE_KINDS or array.dtype.hasobject:
+        raise ProtocolError(f"dtype {array.dtype} is not allowed")
+    return array
+
+
+@dataclass(frozen=True)
+class Returned:
+    """A decoded array plus what kind of object the student actually returned."""
+
+    array: np.ndarray
+    kind: str  # "array", "numpy scalar", "matrix", or the class of an array-like
+
+
+def decode_value(skel: Any, blobs: list[bytes], depth: int = 0) -> Any:
+    """Plain Python/NumPy data from a skeleton: None, bool, int, float, complex, str,
+    list, tuple, dict (str keys), Returned (arrays), Unsupported."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError("value nested too deeply")
+    if not isinstance(skel, dict) or len(skel) not in (1, 2):
+        raise ProtocolError("malformed value")
+    if "a" in skel:
+        index = skel["a"]
+        if not isinstance(index, int) or not 0 <= index < len(blobs):
+            raise ProtocolError("array index out of range")
+        kind = skel.get("k", "array")
+        return Returned(load_array(blobs[index]), kind if isinstance(kind, str) else "array")
+    (key, value), = skel.items()
+    if key == "n":
+        return None
+    if key == "b" and isinstance(value, bool):
+        return value
+    if key == "i" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if key == "f" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if key == "c" and isinstance(value, list) and len(value) == 2:
+        return complex(float(value[0]), float(value[1]))
+    if key == "s" and isinstance(value, str):
+        return value
+    if key == "u" and isinstance(value, str):
+        return Unsupported(value[:200])
+    if key in ("l", "t") and isinstance(value, list):
+        items = [decode_value(v, blobs, depth + 1) for v in value]
+        return items if key == "l" else tuple(items)
+    if key == "d" and isinstance(value, list):
+        out: dict[str, Any] = {}
+        for pair in value:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise ProtocolError("malformed dict entry")
+            out[pair[0][:100]] = decode_value(pair[1], blobs, depth + 1)
+        return out
+    raise ProtocolError("malformed value")
+
+
+def encode_job(source: str, calls: list[tuple[int, str, list[Any]]], limits: dict[str, Any]) -> bytes:
+    """One job: the source, the calls (index, function name, arguments) and the limits."""
+    encoder = ArgEncoder()
+    header = {
+        "source": source,
+        "limits": limits,
+        "calls": [{"index": i, "function": name, "args": [encoder.encode(a) for a in args]} for i, name, args in calls],
+    }
+    return pack_frame(header, encoder.blobs)
+
+
+def error_of(header: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The `error` member of a frame, sanitised to the fields the parent uses."""
+    err = header.get("error")
+    if not isinstance(err, dict):
+        return None
+    text = err.get("text")
+    kind = err.get("type")
+    line = err.get("line")
+    return {
+        "type": kind[:100] if isinstance(kind, str) else "Exception",
+        "text": text[:6000] if isinstance(text, str) else "",
+        "line": line if isinstance(line, int) and not isinstance(line, bool) else None,
+    }
