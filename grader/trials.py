@@ -36,6 +36,9 @@ class Trial:
     arg_shapes: dict[str, Any] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # shape variables drawn
     layers: Optional[list[int]] = None
+    # Parent-side only, for self-tests: the generated inputs and the upstream gradients.
+    inputs: dict[str, Any] = field(default_factory=dict, repr=False)
+    upstream: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def describe(self) -> str:
         """A one-line, student-facing description of the trial's shapes."""
@@ -302,13 +305,7 @@ def _finish(
 ) -> Trial:
     spec = fn.spec
     upstream = {arg: rng.normal(size=_node(env, node).shape) for arg, node in spec.upstream.items()}
-    objective: Optional[Tensor] = None
-    for arg, node in spec.upstream.items():
-        part = apply(OPS["sum"], _node(env, node) * upstream[arg])
-        objective = part if objective is None else objective + part
-    if spec.objective is not None:
-        out = _node(env, spec.objective)
-        objective = out if out.value.size == 1 and out.ndim == 0 else apply(OPS["sum"], out)
+    objective = _objective(fn, env, upstream)
     grads = backward(objective) if objective is not None else None
 
     expected: list[Any] = []
@@ -344,7 +341,31 @@ def _finish(
         arg_shapes=arg_shapes,
         shapes=drawn.shapes,
         layers=drawn.layers,
+        inputs=values,
+        upstream=upstream,
     )
+
+
+def _objective(fn: Function, env: dict[str, Any], upstream: dict[str, np.ndarray]) -> Optional[Tensor]:
+    """The scalar whose gradients are graded: sum(node * upstream) over the upstream
+    arguments, or sum(objective)."""
+    objective: Optional[Tensor] = None
+    for arg, node in fn.spec.upstream.items():
+        part = apply(OPS["sum"], _node(env, node) * upstream[arg])
+        objective = part if objective is None else objective + part
+    if fn.spec.objective is not None:
+        out = _node(env, fn.spec.objective)
+        objective = out if out.ndim == 0 else apply(OPS["sum"], out)
+    return objective
+
+
+def objective_value(fn: Function, inputs: dict[str, Any], dims: dict[str, int], upstream: dict[str, np.ndarray]) -> float:
+    """The objective re-evaluated on (perturbed) inputs, for finite-difference checks."""
+    env = fn.program.run(_to_env(inputs, dims))
+    objective = _objective(fn, env, upstream)
+    if objective is None:
+        raise TrialError(f"{fn.name} has no objective to differentiate")
+    return float(objective.value)
 
 
 def _node(env: dict[str, Any], name: str) -> Tensor:

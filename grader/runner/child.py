@@ -181,6 +181,42 @@ def _lineno(exc):
     return line
 
 
+class Output:
+    """Points fd 1 and 2 at one scratch file, emptied before each call, so what a call
+    printed travels in that call's own frame instead of racing it on another pipe."""
+
+    def __init__(self, cap):
+        import tempfile
+
+        self.cap = cap
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile(dir=".")
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+
+    def reset(self):
+        try:
+            os.ftruncate(1, 0)
+            os.lseek(1, 0, os.SEEK_SET)
+        except OSError:
+            pass
+
+    def collect(self):
+        """(text, bytes dropped) printed since the last reset; best effort."""
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        try:
+            size = os.fstat(1).st_size
+            data = os.pread(1, self.cap, 0)
+        except OSError:
+            return "", 0
+        return data.decode("utf-8", errors="replace"), max(0, size - len(data))
+
+
 def apply_limits(limits):
     """Backstops inside the process; the parent's wall clock and SIGKILL are the real limit."""
     mb = limits.get("memory_mb")
@@ -222,27 +258,35 @@ def check_signature(func, nargs):
     return None
 
 
-def run_call(module, call, blobs, result_fd):
+def _send(result_fd, output, header, blobs):
+    text, dropped = output.collect()
+    if text or dropped:
+        header = dict(header, output=text, output_dropped=dropped)
+    write_frame(result_fd, header, blobs)
+
+
+def run_call(module, call, blobs, result_fd, output):
+    output.reset()
     name = call["function"]
     func = module.__dict__.get(name)
     reply = {"kind": "call", "index": call["index"]}
     if func is None:
-        write_frame(result_fd, dict(reply, status="missing"), [])
+        _send(result_fd, output, dict(reply, status="missing"), [])
         return
     if not callable(func):
-        write_frame(result_fd, dict(reply, status="not_callable", detail=type(func).__name__), [])
+        _send(result_fd, output, dict(reply, status="not_callable", detail=type(func).__name__), [])
         return
     args = [decode(a, blobs) for a in call["args"]]
     problem = check_signature(func, len(args))
     if problem is not None:
-        write_frame(result_fd, dict(reply, status="bad_signature", detail=problem), [])
+        _send(result_fd, output, dict(reply, status="bad_signature", detail=problem), [])
         return
     start = time.perf_counter()
     try:
         value = func(*args)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the student's too
         reply.update(status="error", seconds=time.perf_counter() - start, error=format_error(exc))
-        write_frame(result_fd, reply, [])
+        _send(result_fd, output, reply, [])
         return
     seconds = time.perf_counter() - start
     encoder = Encoder()
@@ -251,13 +295,13 @@ def run_call(module, call, blobs, result_fd):
         encoder.numeric_lists = False
         after = encoder.encode(args)
     except _TooBig:
-        write_frame(result_fd, dict(reply, status="too_complex", seconds=seconds), [])
+        _send(result_fd, output, dict(reply, status="too_complex", seconds=seconds), [])
         return
     except BaseException as exc:
         reply.update(status="error", seconds=seconds, error=format_error(exc), during="encoding")
-        write_frame(result_fd, reply, [])
+        _send(result_fd, output, reply, [])
         return
-    write_frame(result_fd, dict(reply, status="ok", seconds=seconds, value=skeleton, args_after=after), encoder.blobs)
+    _send(result_fd, output, dict(reply, status="ok", seconds=seconds, value=skeleton, args_after=after), encoder.blobs)
 
 
 def main():
@@ -266,25 +310,23 @@ def main():
     if job is None:
         return 2
     header, blobs = job
-    apply_limits(header.get("limits", {}))
+    limits = header.get("limits", {})
+    apply_limits(limits)
+    output = Output(int(limits.get("output_bytes", 2048)))
     try:
         start = time.perf_counter()
         module = load_module(header["source"])
     except BaseException as exc:
-        write_frame(result_fd, {"kind": "loaded", "ok": False, "error": format_error(exc)}, [])
+        _send(result_fd, output, {"kind": "loaded", "ok": False, "error": format_error(exc)}, [])
         return 0
-    write_frame(result_fd, {"kind": "loaded", "ok": True, "seconds": time.perf_counter() - start}, [])
+    _send(result_fd, output, {"kind": "loaded", "ok": True, "seconds": time.perf_counter() - start}, [])
     for call in header["calls"]:
-        run_call(module, call, blobs, result_fd)
+        run_call(module, call, blobs, result_fd, output)
     write_frame(result_fd, {"kind": "done"}, [])
-    sys.stdout.flush()
-    sys.stderr.flush()
     return 0
 
 
 if __name__ == "__main__":
     # os._exit: skip interpreter teardown, which would run the student's atexit hooks and
     # __del__ methods after the last frame, where no deadline attributes them to a call.
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    os._exit(main())

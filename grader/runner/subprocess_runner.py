@@ -43,17 +43,21 @@ class OutputCapture:
         self.dropped: dict[str, int] = {}
         self.total = 0
 
-    def add(self, key: str, data: bytes) -> None:
+    def add(self, key: str, data: "bytes | str", dropped: int = 0) -> None:
+        raw = data.encode("utf-8", errors="replace") if isinstance(data, str) else data
         buf = self.kept.setdefault(key, bytearray())
         room = max(0, min(self.per_key - len(buf), MAX_OUTPUT_TOTAL - self.total))
-        buf += data[:room]
-        self.total += min(room, len(data))
-        if len(data) > room:
-            self.dropped[key] = self.dropped.get(key, 0) + len(data) - room
+        buf += raw[:room]
+        self.total += min(room, len(raw))
+        lost = max(0, len(raw) - room) + max(0, dropped)
+        if lost:
+            self.dropped[key] = self.dropped.get(key, 0) + lost
 
     def texts(self) -> dict[str, str]:
         out = {}
         for key, buf in self.kept.items():
+            if key == "<harness>":
+                continue
             text = buf.decode("utf-8", errors="replace")
             if self.dropped.get(key):
                 text += f"\n[... {self.dropped[key]} more bytes of output dropped]"
@@ -75,7 +79,7 @@ class _Session:
 
     def limits(self) -> dict[str, Any]:
         cpu_total = sum(self.job.calls[i].cpu_seconds for i in self.pending) + self.job.import_seconds
-        return {"memory_mb": self.job.memory_mb, "cpu_seconds_total": cpu_total}
+        return {"memory_mb": self.job.memory_mb, "cpu_seconds_total": cpu_total, "output_bytes": self.job.max_output_bytes}
 
     def run(self) -> None:
         calls = [(i, self.job.calls[i].function, self.job.calls[i].args) for i in self.pending]
@@ -84,7 +88,7 @@ class _Session:
         result_r, result_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", str(CHILD), str(result_w)],
+                [sys.executable, "-I", "-u", str(CHILD), str(result_w)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -158,7 +162,9 @@ class _Session:
                         open_reads -= 1
                         continue
                     if key.data != "result":
-                        self.capture.add(self._key(), data)
+                        # Only the harness writes here (the child redirects the student's
+                        # output into its frames); keep it for crash diagnostics.
+                        self.capture.add("<harness>", data)
                         continue
                     try:
                         frames = reader.feed(data)
@@ -178,6 +184,9 @@ class _Session:
     def _handle(self, header: dict[str, Any], blobs: list[bytes]) -> bool:
         """Record one frame; True when the session is over."""
         kind = header.get("kind")
+        printed, dropped = header.get("output"), header.get("output_dropped")
+        if isinstance(printed, str) or isinstance(dropped, int):
+            self.capture.add(self._key(), printed if isinstance(printed, str) else "", dropped if isinstance(dropped, int) else 0)
         if self.load is None:
             if kind != "loaded":
                 self._fail("protocol", "expected the load report first")

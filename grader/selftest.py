@@ -1,0 +1,157 @@
+"""The self-test an assignment must pass before students see it.
+
+It checks that trials can be generated and reproduced, that the engine's answers agree
+with central finite differences of the spec's own forward definition, that the expected
+answers pass their own comparison, that the starter file declares the right functions,
+and, when a reference solution is given, that it earns full marks through the runner.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from grader.compare import check_leaf
+from grader.grade import grade_bytes
+from grader.runner import Returned, Runner
+from grader.spec.load import Assignment, Function
+from grader.trials import Trial, TrialError, make_trials, objective_value
+
+FD_SAMPLES = 6  # elements checked per gradient output
+FD_EPS = 1e-6
+
+
+@dataclass
+class SelfTestReport:
+    problems: list[str] = field(default_factory=list)  # any problem fails the check
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def self_test(
+    assignment: Assignment,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    solution: Optional[bytes] = None,
+    runner: Optional[Runner] = None,
+) -> SelfTestReport:
+    report = SelfTestReport()
+    for fn in assignment.functions:
+        _check_function(assignment, fn, seeds, report)
+    _check_starter(assignment, report)
+    if solution is not None:
+        result = grade_bytes(assignment, solution, seed=seeds[0], runner=runner)
+        if result["score"] < result["max_score"]:
+            report.problems.append(
+                f"the reference solution scored {result['score']:g}/{result['max_score']:g}:\n"
+                + "\n".join(f"  {p['function']}: {p['feedback']}" for p in result["parts"] if p["status"] != "passed")
+            )
+        else:
+            report.notes.append(f"reference solution: {result['score']:g}/{result['max_score']:g}")
+    return report
+
+
+def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...], report: SelfTestReport) -> None:
+    trials: list[Trial] = []
+    for seed in seeds:
+        try:
+            first = make_trials(assignment, fn, seed)
+            again = make_trials(assignment, fn, seed)
+        except TrialError as exc:
+            report.problems.append(f"{fn.name}: {exc}")
+            return
+        if not all(_same(a.args, b.args) and _same(a.expected, b.expected) for a, b in zip(first, again)):
+            report.problems.append(f"{fn.name}: trials are not reproducible from the seed")
+        trials.extend(first)
+    visible = [t for t in trials if not t.hidden]
+    if not visible:
+        report.warnings.append(f"{fn.name}: every trial is hidden, so students never see a failing input")
+    tol = assignment.spec.tolerance
+    for trial in trials:
+        for info, expected in zip(fn.leaves, trial.expected):
+            as_returned: Any = [Returned(e, "array") for e in expected] if isinstance(expected, list) else Returned(expected, "array")
+            if not check_leaf(info, expected, as_returned, tol, False).passed:
+                report.problems.append(f"{fn.name}: the expected {info.label} fails its own comparison")
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in trials[: len(seeds) * 2]:
+        if sum(np.size(v) for v in trial.inputs.values() if isinstance(v, np.ndarray)) > 5000:
+            continue  # finite differences on the large trials would be slow and say nothing more
+        checked += _fd_check(fn, trial, rng, report)
+    report.notes.append(f"{fn.name}: {len(trials)} trials over {len(seeds)} seeds; {checked} gradient entries match finite differences")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def _fd_check(fn: Function, trial: Trial, rng: np.random.Generator, report: SelfTestReport) -> int:
+    checked = 0
+    for info, expected in zip(fn.leaves, trial.expected):
+        name = info.leaf.grad
+        if name is None or name not in trial.inputs:
+            continue  # values and gradients of intermediate nodes are checked by the engine's own tests
+        value = trial.inputs[name]
+        arrays = value if isinstance(value, list) else [value]
+        grads = expected if isinstance(expected, list) else [expected]
+        for k, (array, grad) in enumerate(zip(arrays, grads)):
+            if not isinstance(array, np.ndarray) or array.size == 0:
+                continue
+            for _ in range(min(FD_SAMPLES, array.size)):
+                flat = int(rng.integers(array.size))
+                numeric = _central_difference(fn, trial, name, k if isinstance(value, list) else None, flat)
+                analytic = float(grad.reshape(-1)[flat])
+                scale = max(1.0, float(np.max(np.abs(grad))))
+                if abs(numeric - analytic) > 1e-5 * scale:
+                    report.problems.append(
+                        f"{fn.name}: trial {trial.index}: d{name} entry {flat} is {analytic:.8g} by the engine "
+                        f"but {numeric:.8g} by finite differences; is the forward non-smooth there?"
+                    )
+                    return checked
+                checked += 1
+    return checked
+
+
+def _central_difference(fn: Function, trial: Trial, name: str, layer: Optional[int], flat: int) -> float:
+    def at(delta: float) -> float:
+        inputs = dict(trial.inputs)
+        if layer is None:
+            array = inputs[name].copy()
+            array.reshape(-1)[flat] += delta
+            inputs[name] = array
+        else:
+            arrays = [a.copy() for a in inputs[name]]
+            arrays[layer].reshape(-1)[flat] += delta
+            inputs[name] = arrays
+        return objective_value(fn, inputs, trial.dims, trial.upstream)
+
+    return (at(FD_EPS) - at(-FD_EPS)) / (2 * FD_EPS)
+
+
+def _check_starter(assignment: Assignment, report: SelfTestReport) -> None:
+    try:
+        tree = ast.parse(assignment.read_text("starter"))
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        report.problems.append(f"starter file cannot be parsed: {exc}")
+        return
+    defined = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for fn in assignment.functions:
+        node = defined.get(fn.name)
+        if node is None:
+            report.problems.append(f"starter file does not define {fn.name}")
+            continue
+        names = [a.arg for a in node.args.posonlyargs + node.args.args]
+        if names != fn.spec.args:
+            report.problems.append(
+                f"starter {fn.name}({', '.join(names)}) does not match the spec's arguments ({', '.join(fn.spec.args)})"
+            )
