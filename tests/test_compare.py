@@ -1,0 +1,113 @@
+"""The comparator: tolerances, the order of checks, and what a hidden trial may say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grader.compare import StructureError, check_array, check_unchanged, locate, to_array
+from grader.runner.protocol import Returned, Unsupported
+from grader.spec.model import DictReturn, Leaf, SeqReturn, Tolerance
+
+TOL = Tolerance()
+rng = np.random.default_rng(0)
+EXPECTED = rng.normal(size=(4, 3))
+
+
+def ret(array: np.ndarray, kind: str = "array") -> Returned:
+    return Returned(np.asarray(array), kind)
+
+
+def test_float64_tolerance_is_tight() -> None:
+    assert check_array("dW", EXPECTED, ret(EXPECTED * (1 + 1e-9)), TOL, False).passed
+    assert not check_array("dW", EXPECTED, ret(EXPECTED * (1 + 1e-6)), TOL, False).passed
+
+
+def test_float32_gets_the_documented_looser_tolerance() -> None:
+    as32 = ret(EXPECTED.astype(np.float32))
+    result = check_array("dW", EXPECTED, as32, TOL, False)
+    assert result.passed and result.float32
+    wrong = ret((EXPECTED * 1.01).astype(np.float32))
+    assert not check_array("dW", EXPECTED, wrong, TOL, False).passed
+
+
+def test_tiny_entries_are_judged_against_the_array_scale() -> None:
+    expected = np.array([1.0, 1e-17])
+    assert check_array("g", expected, ret(np.array([1.0, 0.0])), TOL, False).passed
+    assert not check_array("g", np.array([1e-3, 1e-17]), ret(np.array([0.0, 0.0])), TOL, False).passed
+
+
+def test_messages_are_specific() -> None:
+    msg = check_array("dW", EXPECTED, ret(EXPECTED.T), TOL, False, "(D, M)").message
+    assert "(3, 4)" in msg and "(4, 3) = (D, M)" in msg and "transposed" in msg
+    msg = check_array("db", np.zeros(3), ret(np.zeros((1, 3))), TOL, False).message
+    assert "size 1" in msg
+    msg = check_array("db", np.zeros(3), ret(np.zeros((5, 3))), TOL, False).message
+    assert "summed" in msg
+    bad = EXPECTED.copy()
+    bad[2, 1] += 1
+    msg = check_array("dW", EXPECTED, ret(bad), TOL, False).message
+    assert "1 of 12 entries" in msg and "(2, 1)" in msg and f"{EXPECTED[2, 1]:.6g}" in msg
+
+
+def test_hidden_trials_reveal_no_values_or_positions() -> None:
+    bad = EXPECTED.copy()
+    bad[2, 1] += 1
+    msg = check_array("dW", EXPECTED, ret(bad), TOL, True).message
+    assert "1 of 12 entries" in msg
+    assert "(2, 1)" not in msg and "expected" not in msg
+    nan = EXPECTED.copy()
+    nan[1, 1] = np.nan
+    msg = check_array("dW", EXPECTED, ret(nan), TOL, True).message
+    assert "NaN" in msg and "index" not in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (None, "None"),
+        ("text", "string"),
+        ({"a": 1}, "dict"),
+        (Unsupported("a NumPy array of dtype object"), "dtype object"),
+        ([[1.0, 2.0], [3.0]], "regular numeric array"),
+        (ret(np.ones(3, dtype=np.complex128)), "complex"),
+        (ret(np.ones(3, dtype=np.float16)), "float16"),
+        (ret(np.ones(3, dtype=bool)), "boolean"),
+        (ret(np.array([1.0, np.inf, 0.0])), "inf"),
+    ],
+)
+def test_wrong_types_fail_with_a_reason(value: object, words: str) -> None:
+    result = check_array("dx", np.ones(3), value, TOL, False)
+    assert not result.passed and words in result.message
+
+
+def test_array_likes_are_accepted() -> None:
+    assert check_array("dx", np.array([1.0, 2.0]), [1.0, 2.0], TOL, False).passed
+    assert check_array("dx", np.array([1.0, 2.0]), (ret(np.float64(1.0)), 2), TOL, False).passed
+    assert check_array("dx", np.array(3.0), 3.0, TOL, False).passed
+    assert check_array("dx", np.array([1.0, 2.0]), ret(np.array([1, 2])), TOL, False).passed
+    assert isinstance(to_array(Unsupported("x")), str)
+
+
+def test_locate_walks_tuples_dicts_and_stacked_arrays() -> None:
+    spec = SeqReturn(tuple=[Leaf(value="a"), SeqReturn(tuple=[Leaf(grad="b"), Leaf(grad="c")])])
+    found = locate(spec, (1, [2, 3]))
+    assert found == {(0,): 1, (1, 0): 2, (1, 1): 3}
+    stacked = locate(SeqReturn(tuple=[Leaf(grad="x"), Leaf(grad="y")]), ret(np.arange(6.0).reshape(2, 3)))
+    np.testing.assert_array_equal(stacked[(1,)].array, [3.0, 4.0, 5.0])
+    short = locate(spec, (1,))
+    assert all(isinstance(v, StructureError) for v in short.values())
+    assert "expected 2 items" in str(short[(0,)])
+    d = DictReturn(keys={"W1": Leaf(grad="W1"), "W2": Leaf(grad="W2")})
+    found = locate(d, {"W1": 1})
+    assert found[("W1",)] == 1 and "no key 'W2'" in str(found[("W2",)])
+    assert "expected a dict" in str(locate(d, [1, 2])[("W1",)])
+
+
+def test_mutation_is_named() -> None:
+    before = [np.ones(3), np.zeros(2)]
+    after = [ret(np.ones(3)), ret(np.array([0.0, 5.0]))]
+    assert "`x`" in (check_unchanged(["dout", "x"], before, after) or "")
+    assert check_unchanged(["dout", "x"], before, [ret(np.ones(3)), ret(np.zeros(2))]) is None
+    layers = [[np.ones(2), np.ones(3)]]
+    assert check_unchanged(["weights"], layers, [[ret(np.ones(2))]]) is not None
