@@ -52,6 +52,8 @@ def apply(op: Op, *args: Any, **kwargs: Any) -> Tensor:
     for key, value in kwargs.items():
         if key not in op.params:
             raise TypeError(f"{op.name}() got an unexpected argument {key!r}")
+        if key in op.params[: len(extra)]:
+            raise TypeError(f"{op.name}() got argument {key!r} both by position and by name")
         params[key] = value
     missing = [p for p in op.params if p not in params]
     if missing:
@@ -172,10 +174,10 @@ def _matmul_vjp(g: np.ndarray, node: Tensor) -> tuple[np.ndarray, np.ndarray]:
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     g2 = g
-    if a.ndim == 1:
-        g2 = np.expand_dims(g2, -2)
     if b.ndim == 1:
         g2 = np.expand_dims(g2, -1)
+    if a.ndim == 1:
+        g2 = np.expand_dims(g2, -2)
     da = g2 @ np.swapaxes(b2, -1, -2)
     db = np.swapaxes(a2, -1, -2) @ g2
     return unbroadcast(da, a2.shape).reshape(a.shape), unbroadcast(db, b2.shape).reshape(b.shape)
@@ -194,7 +196,7 @@ def _transpose_vjp(g: np.ndarray, node: Tensor) -> tuple[np.ndarray]:
     axes = node.params["axes"]
     if axes is None:
         return (np.transpose(g),)
-    return (np.transpose(g, np.argsort(axes)),)
+    return (np.transpose(g, np.argsort([a % g.ndim for a in axes])),)
 
 
 register(
@@ -223,8 +225,10 @@ register(
 def _normalise_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % ndim if ndim else a for a in axes))
+    axes = (axis,) if np.ndim(axis) == 0 else tuple(axis)
+    if ndim == 0:
+        return ()  # NumPy accepts axis 0 / -1 on a 0-d array and reduces nothing
+    return tuple(sorted(int(a) % ndim for a in axes))
 
 
 def _reduction_vjp(scale: Callable[[np.ndarray, tuple[int, ...]], float]) -> VJP:

@@ -15,6 +15,9 @@ class Tensor:
     """
 
     __slots__ = ("value", "op", "parents", "params", "__weakref__")
+    # Makes `ndarray * Tensor` defer to Tensor.__rmul__ instead of NumPy broadcasting over
+    # the Tensor as an object.
+    __array_ufunc__ = None
 
     def __init__(
         self,
