@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from grader.runner.protocol import Returned, Unsupported
+from grader.runner.protocol import Returned, Unchanged, Unsupported
 from grader.spec.load import LeafInfo
 from grader.spec.model import DictReturn, Leaf, ReturnSpec, SeqReturn, Tolerance
 
@@ -284,6 +284,8 @@ def check_unchanged(names: list[str], before: list[Any], after: Any) -> Optional
 
 
 def _changed(original: Any, now: Any) -> bool:
+    if isinstance(now, Unchanged):
+        return False
     if isinstance(original, np.ndarray):
         if not isinstance(now, Returned):
             return True

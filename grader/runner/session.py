@@ -1,0 +1,263 @@
+"""The trusted parent's side of running one job, whatever process runs it.
+
+A launcher starts a child (a fresh interpreter, or a fork of the sandbox zygote) and hands
+back a `ChildHandle`: the write end of the job pipe, the read end of the result pipe, and
+a way to kill it. `run_job` streams the job in, reads framed results with a wall-clock
+deadline per call, kills the child on a timeout, a crash or a malformed frame, and starts
+a new child for the calls that remain, so a broken function costs only its own points.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import time
+from typing import Any, Callable, Optional, Protocol
+
+from grader.runner.base import CallResult, Job, LoadResult, RunReport
+from grader.runner.protocol import FrameReader, ProtocolError, decode_value, encode_job, error_of
+
+MAX_OUTPUT_TOTAL = 64 << 10
+
+
+class SandboxFailure(Exception):
+    """The runner itself failed (not the student's code): grading must not go on."""
+
+
+class ChildHandle(Protocol):
+    job_fd: int  # write end of the job pipe (owned by the handle)
+    result_fd: int  # read end of the result pipe (owned by the handle)
+    diagnostic_fds: list[int]  # extra read ends (the harness's own stderr), drained and kept
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float) -> Optional[str]:
+        """How the child ended ("killed by SIGSEGV", "exited with status 3"), None if unknown."""
+
+    def close(self) -> None: ...
+
+
+Launch = Callable[[], ChildHandle]
+
+
+class OutputCapture:
+    """Keeps a prefix of what the student printed, per function (and for the import)."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self.kept: dict[str, bytearray] = {}
+        self.dropped: dict[str, int] = {}
+        self.total = 0
+
+    def add(self, key: str, data: "bytes | str", dropped: int = 0) -> None:
+        raw = data.encode("utf-8", errors="replace") if isinstance(data, str) else data
+        buf = self.kept.setdefault(key, bytearray())
+        room = max(0, min(self.per_key - len(buf), MAX_OUTPUT_TOTAL - self.total))
+        buf += raw[:room]
+        self.total += min(room, len(raw))
+        lost = max(0, len(raw) - room) + max(0, dropped)
+        if lost:
+            self.dropped[key] = self.dropped.get(key, 0) + lost
+
+    def texts(self) -> dict[str, str]:
+        out = {}
+        for key, buf in self.kept.items():
+            if key.startswith("<harness"):
+                continue
+            text = buf.decode("utf-8", errors="replace")
+            if self.dropped.get(key):
+                text += f"\n[... {self.dropped[key]} more bytes of output dropped]"
+            if text:
+                out[key] = text
+        return out
+
+
+def run_job(job: Job, launch: Launch) -> RunReport:
+    started = time.perf_counter()
+    capture = OutputCapture(job.max_output_bytes)
+    results: dict[int, CallResult] = {}
+    pending = list(range(len(job.calls)))
+    load: Optional[LoadResult] = None
+    sessions = 0
+    while pending:
+        sessions += 1
+        session = _Session(job, pending, capture, results)
+        session.run(launch())
+        assert session.load is not None
+        if load is None or load.status == "ok":
+            load = session.load
+        if session.load.status != "ok":
+            for i in pending:
+                results.setdefault(i, CallResult("not_loaded"))
+            break
+        if session.stopped_at is not None:
+            failed = job.calls[session.stopped_at]
+            for i in session.pending:
+                if job.calls[i].function == failed.function:
+                    results[i] = CallResult("skipped", detail=results[session.stopped_at].status)
+        pending = [i for i in session.pending if i not in results]
+    calls = [results[i] for i in range(len(job.calls))]
+    return RunReport(load or LoadResult("ok"), calls, capture.texts(), max(sessions - 1, 0), time.perf_counter() - started)
+
+
+class _Session:
+    """One child working through the pending calls until done, a kill or a crash."""
+
+    def __init__(self, job: Job, pending: list[int], capture: OutputCapture, results: dict[int, CallResult]) -> None:
+        self.job = job
+        self.pending = list(pending)
+        self.capture = capture
+        self.results = results
+        self.load: Optional[LoadResult] = None
+        self.stopped_at: Optional[int] = None  # the call this child died on
+        self.done = False
+
+    def limits(self) -> dict[str, Any]:
+        cpu_total = sum(self.job.calls[i].cpu_seconds for i in self.pending) + self.job.import_seconds
+        return {"memory_mb": self.job.memory_mb, "cpu_seconds_total": cpu_total, "output_bytes": self.job.max_output_bytes}
+
+    def run(self, child: ChildHandle) -> None:
+        calls = [(i, self.job.calls[i].function, self.job.calls[i].args) for i in self.pending]
+        payload = encode_job(self.job.source, calls, self.limits())
+        try:
+            self._loop(child, payload)
+            if not self.done and self.load is not None and self.load.status == "ok" and not self.pending:
+                self.done = True
+        finally:
+            child.kill()
+            child.close()
+
+    def _current(self) -> Optional[int]:
+        return self.pending[0] if self.load is not None and self.pending else None
+
+    def _key(self) -> str:
+        current = self._current()
+        return "<import>" if current is None else self.job.calls[current].function
+
+    def _deadline_after(self, now: float) -> float:
+        current = self._current()
+        if self.load is None:
+            return now + self.job.import_seconds
+        return now + (self.job.calls[current].wall_seconds if current is not None else 2.0)
+
+    def _loop(self, child: ChildHandle, payload: bytes) -> None:
+        reader = FrameReader(self.job.max_result_bytes)
+        sel = selectors.DefaultSelector()
+        for fd in (child.job_fd, child.result_fd, *child.diagnostic_fds):
+            os.set_blocking(fd, False)
+        sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
+        sel.register(child.result_fd, selectors.EVENT_READ, "result")
+        for fd in child.diagnostic_fds:
+            sel.register(fd, selectors.EVENT_READ, "diagnostic")
+        sent = 0
+        deadline = self._deadline_after(time.monotonic())
+        try:
+            while True:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    child.kill()
+                    self._fail("timeout")
+                    return
+                for key, _ in sel.select(timeout):
+                    if key.data == "job":
+                        try:
+                            sent += os.write(child.job_fd, payload[sent : sent + (1 << 20)])
+                        except (BrokenPipeError, OSError):
+                            sent = len(payload)
+                        if sent >= len(payload):
+                            sel.unregister(child.job_fd)
+                        continue
+                    try:
+                        data = os.read(key.fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if key.data == "diagnostic":
+                        if data:
+                            self.capture.add("<harness>", data)
+                        else:
+                            sel.unregister(key.fd)
+                        continue
+                    if not data:
+                        # The result pipe closed without a "done" frame: the child died.
+                        child.kill()
+                        self._fail("crashed", child.wait(5.0) or "it died")
+                        return
+                    try:
+                        frames = reader.feed(data)
+                    except ProtocolError as exc:
+                        child.kill()
+                        self._fail("too_large" if "exceeds" in str(exc) else "protocol", str(exc))
+                        return
+                    for header, blobs in frames:
+                        if self._handle(header, blobs):
+                            return
+                        deadline = self._deadline_after(time.monotonic())
+        finally:
+            sel.close()
+
+    def _handle(self, header: dict[str, Any], blobs: list[bytes]) -> bool:
+        """Record one frame; True when the session is over."""
+        kind = header.get("kind")
+        if kind == "confinement_failed":
+            detail = header.get("detail")
+            raise SandboxFailure(f"the sandbox could not confine a child: {detail if isinstance(detail, str) else '?'}")
+        printed, dropped = header.get("output"), header.get("output_dropped")
+        if isinstance(printed, str) or isinstance(dropped, int):
+            self.capture.add(
+                self._key(), printed if isinstance(printed, str) else "", dropped if isinstance(dropped, int) else 0
+            )
+        if self.load is None:
+            if kind != "loaded":
+                self._fail("protocol", "expected the load report first")
+                return True
+            seconds = header.get("seconds")
+            if header.get("ok") is True:
+                self.load = LoadResult("ok", seconds=seconds if isinstance(seconds, float) else None)
+                return not self.pending
+            self.load = LoadResult("error", error=error_of(header))
+            return True
+        if kind == "done":
+            if self.pending:
+                self._fail("protocol", "the child stopped before running every call")
+            self.done = True
+            return True
+        current = self._current()
+        if kind != "call" or header.get("index") != current or current is None:
+            self._fail("protocol", "an unexpected message arrived on the result channel")
+            return True
+        self.results[current] = _call_result(header, blobs)
+        self.pending.pop(0)
+        return False
+
+    def _fail(self, status: str, detail: str = "") -> None:
+        """The child is beyond use: blame the load or the running call."""
+        if self.load is None:
+            self.load = LoadResult(status if status in ("timeout", "crashed") else "crashed", detail=detail)
+            return
+        current = self._current()
+        if current is None:
+            return
+        self.results[current] = CallResult(status, detail=detail)
+        self.pending.pop(0)
+        self.stopped_at = current
+
+
+def _call_result(header: dict[str, Any], blobs: list[bytes]) -> CallResult:
+    status = header.get("status")
+    seconds = header.get("seconds")
+    seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+    if status == "ok":
+        try:
+            value = decode_value(header.get("value"), blobs)
+            after = decode_value(header.get("args_after"), blobs)
+        except ProtocolError as exc:
+            return CallResult("protocol", detail=str(exc), seconds=seconds)
+        return CallResult("ok", value=value, args_after=after, seconds=seconds)
+    if status == "error":
+        return CallResult("error", error=error_of(header), seconds=seconds)
+    if status in ("missing", "not_callable", "bad_signature", "too_complex"):
+        detail = header.get("detail")
+        return CallResult(status, detail=detail[:500] if isinstance(detail, str) else "", seconds=seconds)
+    return CallResult("protocol", detail="unknown call status")
