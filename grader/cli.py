@@ -43,7 +43,13 @@ def grade(assignment: str, file: str, as_json: bool, seed: Optional[int]) -> Non
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror or exc}")
-    result = grade_bytes(spec, data, seed=seed)
+    from grader.runner.session import SandboxFailure
+    from grader.sandbox import SandboxUnavailable
+
+    try:
+        result = grade_bytes(spec, data, seed=seed)
+    except (SandboxUnavailable, SandboxFailure) as exc:
+        _fail(str(exc), code=3)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -71,6 +77,30 @@ def format_result(result: dict[str, Any]) -> str:
             lines += ["      " + line for line in part["printed"].splitlines()[:20]]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def sandbox(as_json: bool) -> None:
+    """Probe what the host offers the sandbox; exit 1 if a required layer is missing."""
+    from grader.sandbox import SandboxUnavailable, probe_host, required_layers
+
+    try:
+        required = required_layers()
+    except SandboxUnavailable as exc:
+        _fail(str(exc), code=1)
+    probe = probe_host()
+    missing = probe.missing(required)
+    if as_json:
+        click.echo(json.dumps({
+            "layers": {k: {"ok": ok, "detail": d} for k, (ok, d) in probe.layers.items()},
+            "required": list(required), "missing": missing, "landlock_abi": probe.landlock_abi,
+        }, indent=2))
+    else:
+        click.echo(probe.describe())
+        click.echo(f"required: {', '.join(required)}")
+        click.echo("missing: " + (", ".join(missing) if missing else "nothing; grading is allowed"))
+    sys.exit(1 if missing else 0)
 
 
 @main.group()
@@ -122,7 +152,13 @@ def check_assignment(path: str, solution: Optional[str]) -> None:
         _fail(str(exc), code=1)
     solution_path = Path(solution) if solution else assignment.folder / "solution.py"
     data = solution_path.read_bytes() if solution_path.is_file() else None
-    report = self_test(assignment, solution=data)
+    from grader.runner.session import SandboxFailure
+    from grader.sandbox import SandboxUnavailable
+
+    try:
+        report = self_test(assignment, solution=data)
+    except (SandboxUnavailable, SandboxFailure) as exc:
+        _fail(str(exc), code=3)
     click.echo(f"{assignment.id} v{assignment.spec.version}: {len(assignment.functions)} functions, {assignment.max_score:g} points")
     for note in report.notes:
         click.echo(f"  ok: {note}")

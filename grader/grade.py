@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from grader import __version__
 from grader.compare import Check, check_leaf, check_unchanged, locate
-from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport, SubprocessRunner
+from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport
 from grader.spec.load import Assignment, Function, LeafInfo
 from grader.trials import Trial, make_trials
 
@@ -60,6 +60,23 @@ def new_seed() -> int:
     return secrets.randbits(63)
 
 
+_default_runner: Optional[Runner] = None
+
+
+def default_runner() -> Runner:
+    """The process-wide runner (one sandbox zygote per worker process or CLI run), made on
+    first use as the configuration asks; raises SandboxUnavailable rather than degrade."""
+    global _default_runner
+    if _default_runner is None:
+        import atexit
+
+        from grader.sandbox import make_runner
+
+        _default_runner = make_runner()
+        atexit.register(_default_runner.close)
+    return _default_runner
+
+
 def grade_bytes(
     assignment: Assignment,
     data: bytes,
@@ -90,13 +107,7 @@ def grade_bytes(
     job = Job(source, calls, memory_mb=memory, import_seconds=import_seconds)
 
     t = time.perf_counter()
-    own_runner = runner is None
-    active = runner or SubprocessRunner()
-    try:
-        report = active.run(job)
-    finally:
-        if own_runner:
-            active.close()
+    report = (runner or default_runner()).run(job)
     timer.add("run_ms", t)
 
     t = time.perf_counter()

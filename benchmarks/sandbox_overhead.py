@@ -1,0 +1,94 @@
+"""Per-submission cost of running student code three ways, measured in one run.
+
+    ./dev bench-sandbox [--runs N] [--assignment gates]
+
+For one correct submission and all of its trials (the same job each time), prints the
+median wall-clock milliseconds of:
+  in-process   exec the file and call every function in the grader's own process (the
+               unsafe floor: no isolation at all)
+  sandbox      SandboxRunner: fork a confined child from the bubblewrap zygote
+  fresh        SubprocessRunner: a fresh interpreter (python + NumPy import) per submission
+and the ratios. Target on a 2-core machine: the sandbox adds at most 10 ms per submission
+over in-process and is at least 15x cheaper than a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.grading_cost import SOLUTIONS, machine  # noqa: E402
+from grader.runner import Call, Job, SubprocessRunner  # noqa: E402
+from grader.sandbox import SandboxRunner  # noqa: E402
+from grader.spec import load_builtin  # noqa: E402
+from grader.trials import make_trials  # noqa: E402
+
+
+def build_job(assignment_id: str) -> Job:
+    assignment = load_builtin(assignment_id)
+    source = (ROOT / "tests" / "submissions" / SOLUTIONS[assignment_id]).read_text()
+    calls = [
+        Call(fn.name, trial.args, 3.0, 2.0)
+        for fn in assignment.functions
+        for trial in make_trials(assignment, fn, 1)
+    ]
+    return Job(source, calls)
+
+
+def in_process(job: Job) -> None:
+    namespace: dict = {"__name__": "submission"}
+    exec(compile(job.source, "submission.py", "exec"), namespace)
+    for call in job.calls:
+        namespace[call.function](*copy.deepcopy(call.args))
+
+
+def timed(fn, runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--assignment", default="gates", choices=sorted(SOLUTIONS))
+    args = parser.parse_args()
+    job = build_job(args.assignment)
+    print(f"machine: {machine()}")
+    print(f"job: {args.assignment} correct solution, {len(job.calls)} calls; median of {args.runs} runs\n")
+
+    sandbox = SandboxRunner(memory_mb=job.memory_mb)
+    fresh = SubprocessRunner()
+    try:
+        report = sandbox.run(job)  # warm-up: starts the zygote (not counted)
+        assert all(c.status == "ok" for c in report.calls), [c.status for c in report.calls]
+        in_process(job)
+        results = {
+            "in-process": timed(lambda: in_process(job), args.runs),
+            "sandbox": timed(lambda: sandbox.run(job), args.runs),
+            "fresh": timed(lambda: fresh.run(job), max(5, args.runs // 4)),
+        }
+    finally:
+        sandbox.close()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    for name, value in med.items():
+        spread = sorted(results[name])
+        p90 = spread[int(0.9 * (len(spread) - 1))]
+        print(f"{name:<11} median {value:8.2f} ms   p90 {p90:8.2f} ms   ({len(spread)} runs)")
+    added = med["sandbox"] - med["in-process"]
+    print(f"\nsandbox adds {added:.2f} ms per submission over in-process (target <= 10 ms)")
+    print(f"fresh interpreter / sandbox = {med['fresh'] / med['sandbox']:.1f}x (target >= 15x)")
+
+
+if __name__ == "__main__":
+    main()

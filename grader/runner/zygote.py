@@ -1,0 +1,194 @@
+"""The sandbox zygote: started once inside bubblewrap, forks one confined child per job.
+
+Standalone (standard library, NumPy, and `child`/`confine` beside it). NumPy is imported
+here once, so each child starts with it loaded; that is what makes a submission cost
+milliseconds instead of a fresh interpreter's ~150 ms.
+
+The zygote keeps one spare child forked ahead of time. The spare closes every fd but its
+two pipes, moves into its own session and scratch directory, confines itself (Landlock,
+seccomp) and then blocks reading its job pipe, so fork and confinement are off the
+critical path. Control channel: a SOCK_SEQPACKET socket from the trusted parent, one JSON
+message per packet. `run` answers `started` with the spare's pipe ends (SCM_RIGHTS): the
+write end of its job pipe and the read end of its result pipe, so the child's data flows
+straight to the parent and the zygote never handles it. `kill` SIGKILLs a child, `ping`
+checks health; the zygote reports `exited` with the raw wait status. The child applies
+its job's rlimits after reading the job, before loading the student's file.
+"""
+
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import sys
+
+import numpy  # noqa: F401  (imported once, inherited by every child)
+
+import child
+import confine
+
+MAX_MESSAGE = 65536
+
+
+def send(ctl, message, fds=()):
+    data = json.dumps(message).encode("utf-8")
+    if fds:
+        socket.send_fds(ctl, [data], list(fds))
+    else:
+        ctl.send(data)
+
+
+class Zygote:
+    def __init__(self, ctl, config):
+        self.ctl = ctl
+        self.config = config
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.children = {}  # pid -> (job id or None for the spare, scratch dir)
+        self.spare = None  # (pid, job write end, result read end)
+        self.serial = 0
+
+    def make_spare(self):
+        self.serial += 1
+        scratch = os.path.join(self.config["scratch_root"], "job-%d" % self.serial)
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.mkdir(scratch, 0o700)
+        job_r, job_w = os.pipe()
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                code = run_child(job_r, result_w, scratch, self.config)
+            finally:
+                os._exit(code)
+        os.close(job_r)
+        os.close(result_w)
+        self.children[pid] = (None, scratch)
+        self.spare = (pid, job_w, result_r)
+
+    def run(self, job_id):
+        if self.spare is None or self.spare[0] not in self.children:
+            self.make_spare()
+        pid, job_w, result_r = self.spare
+        self.spare = None
+        self.children[pid] = (job_id, self.children[pid][1])
+        send(self.ctl, {"op": "started", "id": job_id, "pid": pid}, (job_w, result_r))
+        os.close(job_w)
+        os.close(result_r)
+        self.make_spare()  # the next one forks while the parent works with this one
+
+    def kill(self, job_id):
+        for pid, (owner, _) in self.children.items():
+            if owner == job_id:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def reap(self):
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job_id, scratch = self.children.pop(pid, (None, None))
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)  # nothing a child wrote outlives it
+            if self.spare is not None and self.spare[0] == pid:
+                os.close(self.spare[1])
+                os.close(self.spare[2])
+                self.spare = None
+            send(self.ctl, {"op": "exited", "id": job_id, "status": status})
+
+    def loop(self):
+        self.make_spare()
+        send(self.ctl, {"op": "ready", "landlock_abi": confine.landlock_abi(), "pid": os.getpid()})
+        while True:
+            readable, _, _ = select.select([self.ctl, self.wake_r], [], [])
+            if self.wake_r in readable:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            self.reap()
+            if self.ctl not in readable:
+                continue
+            try:
+                data = self.ctl.recv(MAX_MESSAGE)
+            except InterruptedError:
+                continue
+            if not data:
+                break  # the parent is gone
+            message = json.loads(data.decode("utf-8"))
+            op = message.get("op")
+            if op == "run":
+                self.run(message["id"])
+            elif op == "kill":
+                self.kill(message.get("id"))
+            elif op == "ping":
+                send(self.ctl, {"op": "pong", "children": len(self.children)})
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def close_all_but(keep):
+    """No fd of the zygote's (control socket, wake pipe, other pipes) may survive into
+    student code. Closes what /proc/self/fd lists: closerange over the whole fd space
+    costs tens of milliseconds where the kernel offers no close_range fast path."""
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        open_fds = range(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    for fd in open_fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def run_child(job_fd, result_fd, scratch, config):
+    os.setsid()  # its own process group and session: a kill(0) can never reach the zygote
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    close_all_but({0, 1, 2, job_fd, result_fd})
+    os.chdir(scratch)
+    try:
+        confine.no_new_privs()
+        confine.landlock(config["read_only"], [scratch], config.get("minimum_landlock_abi", 1))
+        confine.seccomp_filter(os.getpid())
+    except Exception as exc:  # fail closed: no student code runs unconfined
+        child.write_frame(result_fd, {"kind": "confinement_failed", "detail": str(exc)[:500]}, [])
+        return 3
+    with os.fdopen(job_fd, "rb") as stream:
+        job = child.read_frame(stream)
+    if job is None:
+        return 2
+    header, blobs = job
+    limits = header.get("limits", {})
+    confine.set_rlimits(limits.get("memory_mb"), limits.get("cpu_seconds_total"), limits.get("file_bytes", 16 << 20))
+    return child.serve(header, blobs, result_fd)
+
+
+def main():
+    ctl = socket.socket(fileno=int(sys.argv[1]))
+    Zygote(ctl, json.loads(sys.argv[2])).loop()
+
+
+if __name__ == "__main__":
+    main()
