@@ -31,16 +31,32 @@ class StructureError(Exception):
     pass
 
 
+def article(word: str) -> str:
+    """'a' or 'an' before `word` (by its first letter; good enough for type names)."""
+    return "an" if word[:1].lower() in "aeiou" and word else "a"
+
+
+def items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
+def key_list(keys: Any, limit: int = 8) -> str:
+    """Some of a dict's keys, for a message: a student's dict may have thousands."""
+    keys = list(keys)
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def describe(value: Any) -> str:
     """A short, student-facing description of a returned value's type."""
     if value is None:
         return "None"
     if isinstance(value, Returned):
         array = value.array
-        what = "a NumPy array" if value.kind == "array" else f"a {value.kind}"
+        what = "a NumPy array" if value.kind == "array" else f"{article(value.kind)} {value.kind}"
         return f"{what} of shape {fmt_shape(array.shape)} and dtype {array.dtype}"
     if isinstance(value, Unsupported):
-        return f"a {value.description} (not numeric data)"
+        return f"{article(value.description)} {value.description} (not numeric data)"
     if isinstance(value, bool):
         return "a bool"
     if isinstance(value, (int, float, complex)):
@@ -48,11 +64,11 @@ def describe(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     if isinstance(value, tuple):
-        return f"a tuple of {len(value)} items"
+        return f"a tuple of {items(len(value))}"
     if isinstance(value, list):
-        return f"a list of {len(value)} items"
+        return f"a list of {items(len(value))}"
     if isinstance(value, dict):
-        return "a dict with keys " + ", ".join(repr(k) for k in value) if value else "an empty dict"
+        return f"a dict with keys {key_list(value)}" if value else "an empty dict"
     return type(value).__name__
 
 
@@ -105,9 +121,7 @@ def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Un
                     walk(item, err, (*path, i))
                 return
             if len(seq) != len(items):
-                err = StructureError(
-                    f"returned {describe(actual)}; expected {len(items)} items: {_names(node)}"
-                )
+                err = StructureError(f"returned {describe(actual)}; expected {len(items)} items: {_names(node)}")
                 for i, item in enumerate(items):
                     walk(item, err, (*path, i))
                 return
@@ -124,7 +138,7 @@ def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Un
             if key in actual:
                 walk(item, actual[key], (*path, key))
             else:
-                have = ", ".join(repr(k) for k in actual) or "none"
+                have = key_list(actual) or "none"
                 walk(item, StructureError(f"the returned dict has no key {key!r} (its keys: {have})"), (*path, key))
 
     walk(spec, value, ())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from grader import __version__
-from grader.compare import Check, check_leaf, check_unchanged, locate
+from grader.compare import Check, article, check_leaf, check_unchanged, locate
 from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport
 from grader.spec.load import Assignment, Function, LeafInfo
 from grader.trials import Trial, make_trials
@@ -171,7 +171,7 @@ def _load_message(load: LoadResult, import_seconds: float) -> str:
     line = err.get("line")
     at = f" at line {line}" if line else ""
     if kind in ("SyntaxError", "IndentationError", "TabError"):
-        head = f"Your file has a {kind}{at}, so no function could be run."
+        head = f"Your file has {article(kind)} {kind}{at}, so no function could be run."
     else:
         head = f"Your file raised {kind}{at} while it was loaded, so no function could be run."
     return head + ("\n" + err["text"].rstrip() if err.get("text") else "")
@@ -241,8 +241,8 @@ def _grade_function(
                 float32[info.label] = float32[info.label] or check.float32
                 if not ok:
                     failed[info.label].append(trial.index)
-                if not check.passed:
-                    problems.append(check.message)
+                if not check.passed and check.message not in problems:
+                    problems.append(check.message)  # one structure error can hit several outputs
             if changed:
                 problems.insert(0, f"{fn.name} {changed}")
             entry["outputs"] = outcomes
@@ -331,7 +331,7 @@ def _call_problem(fn: Function, trial: Trial, res: CallResult, memory_mb: int) -
     if res.status == "missing":
         return f"Your file does not define a function named `{name}`."
     if res.status == "not_callable":
-        return f"`{name}` in your file is a {res.detail}, not a function."
+        return f"`{name}` in your file is {article(res.detail)} {res.detail}, not a function."
     if res.status == "bad_signature":
         args = ", ".join(fn.spec.args)
         return f"`{name}` cannot be called as {name}({args}): {res.detail}."
@@ -362,4 +362,9 @@ def _call_problem(fn: Function, trial: Trial, res: CallResult, memory_mb: int) -
         return f"The grader could not read what {name} returned ({res.detail}); did your code write to file descriptors it does not own?"
     if res.status == "skipped":
         return f"Not run, because an earlier trial of {name} ended with: {res.detail}."
+    if res.status == "not_loaded":
+        return (
+            f"Not run: after an earlier function crashed, the grader restarted your file, "
+            f"and loading it failed that time ({res.detail})."
+        )
     return f"{name} could not be run ({res.status})."

@@ -38,16 +38,16 @@ class _TooBig(Exception):
 
 
 def _numbers_only(value):
-    """True for (nested) lists/tuples whose leaves are all Python numbers."""
-    stack, seen = [value], 0
+    """True for (nested) lists/tuples whose leaves are all Python numbers. A container met
+    twice (a list holding itself) is not an array-like; the structural encoder then
+    reports it as nested too deeply."""
+    stack, containers = [value], set()
     while stack:
         item = stack.pop()
-        seen += 1
-        if seen > 50_000_000:
-            return False
         if isinstance(item, (list, tuple)):
-            if not item:
+            if not item or id(item) in containers:
                 return False
+            containers.add(id(item))
             stack.extend(item)
         elif isinstance(item, bool) or not isinstance(item, (int, float)):
             return False
@@ -139,7 +139,7 @@ class Encoder:
         if isinstance(value, (np.ndarray, np.generic)):
             array = np.asarray(value)
             if array.dtype.kind not in _ALLOWED_KINDS:
-                return {"u": "a NumPy array of dtype " + str(array.dtype)}
+                return {"u": "NumPy array of dtype " + str(array.dtype)}
             kind = "array" if isinstance(value, np.ndarray) else "numpy scalar"
             if type(value) is not np.ndarray and isinstance(value, np.ndarray):
                 kind = type(value).__name__

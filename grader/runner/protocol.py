@@ -66,24 +66,36 @@ class ArgEncoder:
 
 
 class FrameReader:
-    """Incremental frame parser over bytes read from a pipe, with a per-frame size cap."""
+    """Incremental frame parser over bytes read from a pipe, with a per-frame size cap.
+
+    A bad frame does not swallow the good ones read with it in the same chunk: `feed`
+    returns those, keeps the error in `error`, and raises it on the next call."""
 
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self.buffer = bytearray()
+        self.error: Optional[ProtocolError] = None
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[bytes]]]:
+        if self.error is not None:
+            raise self.error
         self.buffer += data
         frames = []
-        while len(self.buffer) >= 8:
-            (length,) = struct.unpack_from("<Q", self.buffer)
-            if length > self.max_frame:
-                raise ProtocolError(f"a result of {length} bytes exceeds the {self.max_frame}-byte limit")
-            if len(self.buffer) < 8 + length:
-                break
-            payload = bytes(self.buffer[8 : 8 + length])
-            del self.buffer[: 8 + length]
-            frames.append(parse_payload(payload))
+        try:
+            while len(self.buffer) >= 8:
+                (length,) = struct.unpack_from("<Q", self.buffer)
+                if length > self.max_frame:
+                    raise ProtocolError(f"a result of {length} bytes exceeds the {self.max_frame}-byte limit")
+                if len(self.buffer) < 8 + length:
+                    break
+                payload = bytes(self.buffer[8 : 8 + length])
+                del self.buffer[: 8 + length]
+                frames.append(parse_payload(payload))
+        except ProtocolError as exc:
+            self.error = exc
+            self.buffer.clear()
+            if not frames:
+                raise
         return frames
 
     @property
@@ -118,12 +130,12 @@ def parse_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
 # The exact header NumPy writes for a plain numeric array. Anything else takes np.load's
 # slower path (which parses the header with ast.literal_eval, ~80 us an array).
 NPY_HEADER = re.compile(
-    rb"\{'descr': '([<>|][biufc][1-9][0-9]?)', 'fortran_order': (True|False), "
+    rb"\{'descr': '([<>|](?:b1|[iu][1248]|f(?:2|4|8|16)|c(?:8|16|32)))', 'fortran_order': (True|False), "
     rb"'shape': \(((?:[0-9]{1,12}, ?){0,32}[0-9]{0,12})\), \} *\n"
 )
 
 
-def fast_array(blob: bytes) -> "np.ndarray | None":
+def fast_array(blob: bytes) -> Optional[np.ndarray]:
     """Parse a standard .npy blob without np.load; None when it is not of the usual form."""
     if blob[:6] != b"\x93NUMPY" or len(blob) < 10:
         return None
@@ -181,19 +193,47 @@ class Returned:
     kind: str  # "array", "numpy scalar", "matrix", or the class of an array-like
 
 
-def decode_value(skel: Any, blobs: list[bytes], depth: int = 0) -> Any:
+def clean_text(value: Any, limit: int) -> str:
+    """Student-controlled text made safe to store and show: a str, valid UTF-8 (lone
+    surrogates replaced), at most `limit` characters."""
+    if not isinstance(value, str):
+        return ""
+    return value[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def decode_value(skel: Any, blobs: list[bytes]) -> Any:
     """Plain Python/NumPy data from a skeleton: None, bool, int, float, complex, str,
-    list, tuple, dict (str keys), Returned (arrays), Unsupported."""
+    list, tuple, dict (str keys), Returned (arrays), Unsupported, UNCHANGED. Anything
+    malformed raises ProtocolError, never another exception."""
+    try:
+        return _decode(skel, blobs, 0)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, OverflowError, KeyError, RecursionError) as exc:
+        raise ProtocolError(f"malformed value ({type(exc).__name__})") from None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("malformed number")
+    return float(value)
+
+
+def _decode(skel: Any, blobs: list[bytes], depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise ProtocolError("value nested too deeply")
-    if not isinstance(skel, dict) or len(skel) not in (1, 2):
+    if not isinstance(skel, dict):
         raise ProtocolError("malformed value")
     if "a" in skel:
         index = skel["a"]
-        if not isinstance(index, int) or not 0 <= index < len(blobs):
+        if set(skel) - {"a", "k"} or isinstance(index, bool) or not isinstance(index, int):
+            raise ProtocolError("array index out of range (not an integer)")
+        if not 0 <= index < len(blobs):
             raise ProtocolError("array index out of range")
-        kind = skel.get("k", "array")
-        return Returned(load_array(blobs[index]), kind if isinstance(kind, str) else "array")
+        kind = clean_text(skel.get("k", "array"), 80) or "array"
+        return Returned(load_array(blobs[index]), kind)
+    if len(skel) != 1:
+        raise ProtocolError("malformed value")
     (key, value), = skel.items()
     if key == "=":
         return UNCHANGED
@@ -203,23 +243,23 @@ def decode_value(skel: Any, blobs: list[bytes], depth: int = 0) -> Any:
         return value
     if key == "i" and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if key == "f" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if key == "f":
+        return _number(value)
     if key == "c" and isinstance(value, list) and len(value) == 2:
-        return complex(float(value[0]), float(value[1]))
+        return complex(_number(value[0]), _number(value[1]))
     if key == "s" and isinstance(value, str):
-        return value
+        return clean_text(value, 200)
     if key == "u" and isinstance(value, str):
-        return Unsupported(value[:200])
+        return Unsupported(clean_text(value, 200))
     if key in ("l", "t") and isinstance(value, list):
-        items = [decode_value(v, blobs, depth + 1) for v in value]
+        items = [_decode(v, blobs, depth + 1) for v in value]
         return items if key == "l" else tuple(items)
     if key == "d" and isinstance(value, list):
         out: dict[str, Any] = {}
         for pair in value:
             if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
                 raise ProtocolError("malformed dict entry")
-            out[pair[0][:100]] = decode_value(pair[1], blobs, depth + 1)
+            out[clean_text(pair[0], 100)] = _decode(pair[1], blobs, depth + 1)
         return out
     raise ProtocolError("malformed value")
 
@@ -240,11 +280,9 @@ def error_of(header: dict[str, Any]) -> Optional[dict[str, Any]]:
     err = header.get("error")
     if not isinstance(err, dict):
         return None
-    text = err.get("text")
-    kind = err.get("type")
     line = err.get("line")
     return {
-        "type": kind[:100] if isinstance(kind, str) else "Exception",
-        "text": text[:6000] if isinstance(text, str) else "",
-        "line": line if isinstance(line, int) and not isinstance(line, bool) else None,
+        "type": clean_text(err.get("type"), 100) or "Exception",
+        "text": clean_text(err.get("text"), 6000),
+        "line": line if isinstance(line, int) and not isinstance(line, bool) and 0 < line < 10**7 else None,
     }

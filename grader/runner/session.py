@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Optional, Protocol
 
 from grader.runner.base import CallResult, Job, LoadResult, RunReport
-from grader.runner.protocol import FrameReader, ProtocolError, decode_value, encode_job, error_of
+from grader.runner.protocol import FrameReader, ProtocolError, clean_text, decode_value, encode_job, error_of
 
 MAX_OUTPUT_TOTAL = 64 << 10
 
@@ -84,11 +84,14 @@ def run_job(job: Job, launch: Launch) -> RunReport:
         session = _Session(job, pending, capture, results)
         session.run(launch())
         assert session.load is not None
-        if load is None or load.status == "ok":
+        if load is None:
             load = session.load
         if session.load.status != "ok":
+            # A restarted child that fails to load costs only the calls still pending;
+            # what earlier children earned stands.
+            detail = "" if sessions == 1 else (session.load.error or {}).get("type") or session.load.status
             for i in pending:
-                results.setdefault(i, CallResult("not_loaded"))
+                results.setdefault(i, CallResult("not_loaded", detail=detail))
             break
         if session.stopped_at is not None:
             failed = job.calls[session.stopped_at]
@@ -194,6 +197,10 @@ class _Session:
                         if self._handle(header, blobs):
                             return
                         deadline = self._deadline_after(time.monotonic())
+                    if reader.error is not None:
+                        child.kill()
+                        self._fail("too_large" if "exceeds" in str(reader.error) else "protocol", str(reader.error))
+                        return
         finally:
             sel.close()
 
@@ -201,8 +208,7 @@ class _Session:
         """Record one frame; True when the session is over."""
         kind = header.get("kind")
         if kind == "confinement_failed":
-            detail = header.get("detail")
-            raise SandboxFailure(f"the sandbox could not confine a child: {detail if isinstance(detail, str) else '?'}")
+            raise SandboxFailure(f"the sandbox could not confine a child: {clean_text(header.get('detail'), 500) or '?'}")
         printed, dropped = header.get("output"), header.get("output_dropped")
         if isinstance(printed, str) or isinstance(dropped, int):
             self.capture.add(
@@ -212,9 +218,8 @@ class _Session:
             if kind != "loaded":
                 self._fail("protocol", "expected the load report first")
                 return True
-            seconds = header.get("seconds")
             if header.get("ok") is True:
-                self.load = LoadResult("ok", seconds=seconds if isinstance(seconds, float) else None)
+                self.load = LoadResult("ok", seconds=_seconds(header))
                 return not self.pending
             self.load = LoadResult("error", error=error_of(header))
             return True
@@ -244,10 +249,21 @@ class _Session:
         self.stopped_at = current
 
 
+def _seconds(header: dict[str, Any]) -> Optional[float]:
+    """A duration the child reports, if it is a plausible one (it is only informative)."""
+    value = header.get("seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if 0.0 <= value < 1e6 else None
+
+
 def _call_result(header: dict[str, Any], blobs: list[bytes]) -> CallResult:
     status = header.get("status")
-    seconds = header.get("seconds")
-    seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
+    seconds = _seconds(header)
     if status == "ok":
         try:
             value = decode_value(header.get("value"), blobs)
@@ -258,6 +274,5 @@ def _call_result(header: dict[str, Any], blobs: list[bytes]) -> CallResult:
     if status == "error":
         return CallResult("error", error=error_of(header), seconds=seconds)
     if status in ("missing", "not_callable", "bad_signature", "too_complex"):
-        detail = header.get("detail")
-        return CallResult(status, detail=detail[:500] if isinstance(detail, str) else "", seconds=seconds)
+        return CallResult(status, detail=clean_text(header.get("detail"), 500), seconds=seconds)
     return CallResult("protocol", detail="unknown call status")
