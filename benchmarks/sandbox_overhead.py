@@ -1,9 +1,9 @@
 """Per-submission cost of running student code three ways, measured in one run.
 
-    ./dev bench-sandbox [--runs N] [--assignment gates]
+    ./dev bench-sandbox [--runs N] [--assignment ID ...]
 
-For one correct submission and all of its trials (the same job each time), prints the
-median wall-clock milliseconds of:
+For a correct submission of each built-in assignment with all of its trials (the same job
+each time, run back to back), prints the median wall-clock milliseconds of:
   in-process   exec the file and call every function in the grader's own process (the
                unsafe floor: no isolation at all)
   sandbox      SandboxRunner: fork a confined child from the bubblewrap zygote
@@ -61,33 +61,34 @@ def timed(fn, runs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--assignment", default="gates", choices=sorted(SOLUTIONS))
+    parser.add_argument("--assignment", nargs="*", default=sorted(SOLUTIONS), choices=sorted(SOLUTIONS))
     args = parser.parse_args()
-    job = build_job(args.assignment)
     print(f"machine: {machine()}")
-    print(f"job: {args.assignment} correct solution, {len(job.calls)} calls; median of {args.runs} runs\n")
-
-    sandbox = SandboxRunner(memory_mb=job.memory_mb)
+    print(f"median of {args.runs} runs (fresh: {max(5, args.runs // 4)}); milliseconds per submission\n")
+    print(f"{'job':<6} {'calls':>5} {'in-process':>11} {'sandbox':>9} {'p90':>7} {'fresh':>8} {'added':>7} {'fresh/sandbox':>14}")
+    sandbox = SandboxRunner()
     fresh = SubprocessRunner()
     try:
-        report = sandbox.run(job)  # warm-up: starts the zygote (not counted)
-        assert all(c.status == "ok" for c in report.calls), [c.status for c in report.calls]
-        in_process(job)
-        results = {
-            "in-process": timed(lambda: in_process(job), args.runs),
-            "sandbox": timed(lambda: sandbox.run(job), args.runs),
-            "fresh": timed(lambda: fresh.run(job), max(5, args.runs // 4)),
-        }
+        for assignment_id in args.assignment:
+            job = build_job(assignment_id)
+            report = sandbox.run(job)  # warm-up (the first also starts the zygote)
+            assert all(c.status == "ok" for c in report.calls), [c.status for c in report.calls]
+            in_process(job)
+            results = {
+                "in-process": timed(lambda: in_process(job), args.runs),
+                "sandbox": timed(lambda: sandbox.run(job), args.runs),
+                "fresh": timed(lambda: fresh.run(job), max(5, args.runs // 4)),
+            }
+            med = {k: statistics.median(v) for k, v in results.items()}
+            spread = sorted(results["sandbox"])
+            p90 = spread[int(0.9 * (len(spread) - 1))]
+            print(
+                f"{assignment_id:<6} {len(job.calls):>5} {med['in-process']:>9.2f}   {med['sandbox']:>7.2f}  {p90:>6.2f} "
+                f"{med['fresh']:>8.2f} {med['sandbox'] - med['in-process']:>7.2f} {med['fresh'] / med['sandbox']:>13.1f}x"
+            )
     finally:
         sandbox.close()
-    med = {k: statistics.median(v) for k, v in results.items()}
-    for name, value in med.items():
-        spread = sorted(results[name])
-        p90 = spread[int(0.9 * (len(spread) - 1))]
-        print(f"{name:<11} median {value:8.2f} ms   p90 {p90:8.2f} ms   ({len(spread)} runs)")
-    added = med["sandbox"] - med["in-process"]
-    print(f"\nsandbox adds {added:.2f} ms per submission over in-process (target <= 10 ms)")
-    print(f"fresh interpreter / sandbox = {med['fresh'] / med['sandbox']:.1f}x (target >= 15x)")
+    print("\ntargets: the sandbox adds <= 10 ms per submission; fresh/sandbox >= 15x")
 
 
 if __name__ == "__main__":

@@ -441,7 +441,9 @@ class SandboxRunner:
 
     def run(self, job: Job) -> RunReport:
         zygote = self._ensure()
-        if not zygote.settle(5.0):
+        # The previous child may still be exiting; waiting for that would put its teardown
+        # on this submission's critical path. More than one unreported exit is a fault.
+        if len(zygote.outstanding) > 1 and not zygote.settle(5.0):
             log.warning("sandbox zygote did not report earlier children's exits; restarting it")
             zygote.stop()
             self._zygote = None

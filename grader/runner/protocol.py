@@ -74,33 +74,39 @@ class FrameReader:
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self.buffer = bytearray()
+        self.start = 0  # parsed bytes at the front, dropped in one go (not per frame)
         self.error: Optional[ProtocolError] = None
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], list[bytes]]]:
         if self.error is not None:
             raise self.error
+        if self.start:
+            del self.buffer[: self.start]
+            self.start = 0
         self.buffer += data
         frames = []
         try:
-            while len(self.buffer) >= 8:
-                (length,) = struct.unpack_from("<Q", self.buffer)
+            while len(self.buffer) - self.start >= 8:
+                (length,) = struct.unpack_from("<Q", self.buffer, self.start)
                 if length > self.max_frame:
                     raise ProtocolError(f"a result of {length} bytes exceeds the {self.max_frame}-byte limit")
-                if len(self.buffer) < 8 + length:
+                end = self.start + 8 + length
+                if len(self.buffer) < end:
                     break
-                payload = bytes(self.buffer[8 : 8 + length])
-                del self.buffer[: 8 + length]
+                payload = bytes(memoryview(self.buffer)[self.start + 8 : end])
+                self.start = end
                 frames.append(parse_payload(payload))
         except ProtocolError as exc:
             self.error = exc
             self.buffer.clear()
+            self.start = 0
             if not frames:
                 raise
         return frames
 
     @property
     def pending(self) -> int:
-        return len(self.buffer)
+        return len(self.buffer) - self.start
 
 
 def parse_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
@@ -121,8 +127,9 @@ def parse_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
     if 4 + hlen + sum(sizes) != len(payload):
         raise ProtocolError("blob sizes do not add up to the frame length")
     blobs, offset = [], 4 + hlen
+    view = memoryview(payload)
     for size in sizes:
-        blobs.append(payload[offset : offset + size])
+        blobs.append(view[offset : offset + size])  # views: no copy per array
         offset += size
     return header, blobs
 
@@ -135,9 +142,9 @@ NPY_HEADER = re.compile(
 )
 
 
-def fast_array(blob: bytes) -> Optional[np.ndarray]:
+def fast_array(blob: "bytes | memoryview") -> Optional[np.ndarray]:
     """Parse a standard .npy blob without np.load; None when it is not of the usual form."""
-    if blob[:6] != b"\x93NUMPY" or len(blob) < 10:
+    if bytes(blob[:6]) != b"\x93NUMPY" or len(blob) < 10:
         return None
     if blob[6] == 1:
         (hlen,), start = struct.unpack_from("<H", blob, 8), 10
@@ -145,7 +152,7 @@ def fast_array(blob: bytes) -> Optional[np.ndarray]:
         (hlen,), start = struct.unpack_from("<I", blob, 8), 12
     else:
         return None
-    match = NPY_HEADER.fullmatch(blob[start : start + hlen])
+    match = NPY_HEADER.fullmatch(bytes(blob[start : start + hlen]))
     if match is None:
         return None
     dtype = np.dtype(match.group(1).decode())
@@ -165,7 +172,7 @@ def load_array(blob: bytes) -> np.ndarray:
     if fast is not None:
         return fast
     try:
-        array = np.load(io.BytesIO(blob), allow_pickle=False)
+        array = np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
     except Exception as exc:  # malformed npy bytes of any kind
         raise ProtocolError(f"unreadable array: {exc}") from None
     if not isinstance(array, np.ndarray) or type(array) is not np.ndarray:

@@ -153,6 +153,7 @@ class _Session:
         for fd in child.diagnostic_fds:
             sel.register(fd, selectors.EVENT_READ, "diagnostic")
         sent = 0
+        outgoing = memoryview(payload)
         deadline = self._deadline_after(time.monotonic())
         try:
             while True:
@@ -164,14 +165,14 @@ class _Session:
                 for key, _ in sel.select(timeout):
                     if key.data == "job":
                         try:
-                            sent += os.write(child.job_fd, payload[sent : sent + (1 << 20)])
+                            sent += os.write(child.job_fd, outgoing[sent : sent + (1 << 20)])
                         except (BrokenPipeError, OSError):
                             sent = len(payload)
                         if sent >= len(payload):
                             sel.unregister(child.job_fd)
                         continue
                     try:
-                        data = os.read(key.fd, 1 << 16)
+                        data = os.read(key.fd, 1 << 20)
                     except BlockingIOError:
                         continue
                     except OSError:

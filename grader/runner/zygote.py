@@ -15,6 +15,7 @@ checks health; the zygote reports `exited` with the raw wait status. The child a
 its job's rlimits after reading the job, before loading the student's file.
 """
 
+import fcntl
 import json
 import os
 import resource
@@ -30,6 +31,7 @@ import child
 import confine
 
 MAX_MESSAGE = 65536
+PIPE_BYTES = 1 << 20
 
 
 def send(ctl, message, fds=()):
@@ -60,6 +62,12 @@ class Zygote:
         os.mkdir(scratch, 0o700)
         job_r, job_w = os.pipe()
         result_r, result_w = os.pipe()
+        for fd in (job_w, result_w):
+            # A whole job's arguments and results fit, so neither side stalls on the other.
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            except OSError:
+                pass
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -81,7 +89,8 @@ class Zygote:
         send(self.ctl, {"op": "started", "id": job_id, "pid": pid}, (job_w, result_r))
         os.close(job_w)
         os.close(result_r)
-        self.make_spare()  # the next one forks while the parent works with this one
+        # The next spare is forked when this child exits (see reap), while the parent
+        # compares results: forking now would compete with the job for the CPU.
 
     def kill(self, job_id):
         for pid, (owner, _) in self.children.items():
@@ -107,6 +116,8 @@ class Zygote:
                 os.close(self.spare[2])
                 self.spare = None
             send(self.ctl, {"op": "exited", "id": job_id, "status": status})
+            if self.spare is None and not any(owner is not None for owner, _ in self.children.values()):
+                self.make_spare()
 
     def loop(self):
         self.make_spare()
@@ -175,6 +186,7 @@ def run_child(job_fd, result_fd, scratch, config):
     except Exception as exc:  # fail closed: no student code runs unconfined
         child.write_frame(result_fd, {"kind": "confinement_failed", "detail": str(exc)[:500]}, [])
         return 3
+    output = child.Output(2048)  # the capture file, made while still a spare
     with os.fdopen(job_fd, "rb") as stream:
         job = child.read_frame(stream)
     if job is None:
@@ -182,7 +194,7 @@ def run_child(job_fd, result_fd, scratch, config):
     header, blobs = job
     limits = header.get("limits", {})
     confine.set_rlimits(limits.get("memory_mb"), limits.get("cpu_seconds_total"), limits.get("file_bytes", 16 << 20))
-    return child.serve(header, blobs, result_fd)
+    return child.serve(header, blobs, result_fd, output)
 
 
 def main():
