@@ -2,9 +2,10 @@
 
     ./dev bench [--repeats N]
 
-For each built-in assignment, grades a correct solution from the test corpus N times and
-prints the median milliseconds of: reference computation (trial generation + engine),
-student run (the runner, incl. starting the child), comparison, and the total. Prints the
+For each built-in assignment, grades a correct solution from the test corpus N times with
+the configured runner (the sandbox by default) and prints the median milliseconds of:
+reference computation (trial generation + engine), student run (the runner), comparison,
+and the total. Prints the
 machine it ran on first, so figures from different machines are not mixed up.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grader.grade import grade_bytes  # noqa: E402
+from grader.grade import default_runner, grade_bytes  # noqa: E402
 from grader.spec import load_builtin  # noqa: E402
 
 SOLUTIONS = {
@@ -54,13 +55,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"runner: subprocess (fresh interpreter per submission); median of {args.repeats} gradings\n")
+    runner = default_runner()
+    print(f"runner: {type(runner).__name__}; median of {args.repeats} gradings (after one warm-up)\n")
     print(f"{'assignment':<10} {'trials':>6} {'reference':>10} {'student run':>12} {'comparison':>11} {'total':>8}")
     for aid, rel in SOLUTIONS.items():
         assignment = load_builtin(aid)
         data = (ROOT / "tests" / "submissions" / rel).read_bytes()
         samples: dict[str, list[float]] = {p: [] for p in PHASES}
         trials = 0
+        grade_bytes(assignment, data, seed=999)  # warm-up: the first grading starts the sandbox
         for i in range(args.repeats):
             result = grade_bytes(assignment, data, seed=1000 + i)
             assert result["score"] == result["max_score"], (aid, result["score"])
