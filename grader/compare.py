@@ -167,6 +167,8 @@ def to_array(value: Any) -> Union[np.ndarray, str]:
         try:
             plain = _plainify(value)
             array = np.asarray(plain)
+        except MemoryError:
+            return f"is {describe(value)} too large to turn into an array"
         except (ValueError, TypeError, _NotNumeric):
             return f"is {describe(value)} that does not form a regular numeric array"
         if array.dtype.kind not in "biufc":

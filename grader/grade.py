@@ -101,10 +101,13 @@ def grade_bytes(
     for fn in assignment.functions:
         limits = fn.limits
         for trial in trials[fn.name]:
-            calls.append(Call(fn.name, trial.args, float(limits.wall_seconds or 3), float(limits.cpu_seconds or 2)))
+            calls.append(
+                Call(fn.name, trial.args, float(limits.wall_seconds or 3), float(limits.cpu_seconds or 2), trial.hidden)
+            )
     memory = max(int(fn.limits.memory_mb or 512) for fn in assignment.functions)
     import_seconds = max(float(fn.limits.import_seconds or 5) for fn in assignment.functions)
-    job = Job(source, calls, memory_mb=memory, import_seconds=import_seconds)
+    job_seconds = max(float(fn.limits.job_seconds or 60) for fn in assignment.functions)
+    job = Job(source, calls, memory_mb=memory, import_seconds=import_seconds, max_seconds=job_seconds)
 
     t = time.perf_counter()
     report = (runner or default_runner()).run(job)
@@ -349,6 +352,8 @@ def _call_problem(fn: Function, trial: Trial, res: CallResult, memory_mb: int) -
         return f"{name} raised {kind}" + (f":\n{text}" if text else "")
     if res.status == "timeout":
         return f"{name} exceeded the {wall:g} s time limit on this trial and was stopped."
+    if res.status == "skipped" and "total time budget" in res.detail:
+        return f"Not run: {res.detail} ran out before this trial."
     if res.status == "crashed":
         detail = res.detail or "it died"
         if "SIGXCPU" in detail:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -140,6 +141,24 @@ class Cgroup:
         self.version = version
         self.paths = paths
 
+    @staticmethod
+    def sweep(parent: Path) -> None:
+        """Remove groups left by grader processes that died without cleaning up."""
+        try:
+            entries = list(parent.glob("grader-*-*"))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                pid = int(entry.name.split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+                try:
+                    entry.rmdir()
+                except OSError:
+                    pass
+
     @classmethod
     def create(cls, tag: str, memory_mb: int = 1024, pids: int = PIDS_MAX) -> Optional["Cgroup"]:
         name = f"grader-{os.getpid()}-{tag}"
@@ -169,6 +188,8 @@ class Cgroup:
             attempts.append(("v2", [(root / v2_path.lstrip("/") / name, {"pids.max": str(pids), "memory.max": str(memory_mb << 20)})]))
         for version, dirs in attempts:
             made: list[Path] = []
+            for path, _ in dirs:
+                cls.sweep(path.parent)
             try:
                 for path, settings in dirs:
                     path.mkdir()
@@ -202,7 +223,11 @@ class Cgroup:
 def _site_dirs_to_hide() -> list[str]:
     """The base interpreter's own site-packages (other libraries, maybe secrets in .pth files)."""
     paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
-    hide = {paths["purelib"], paths["platlib"], "/usr/lib/python3/dist-packages", "/usr/local/lib/python3/dist-packages"}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    hide = {
+        paths["purelib"], paths["platlib"], "/usr/lib/python3/dist-packages",
+        f"/usr/lib/{version}/dist-packages", f"/usr/local/lib/{version}/dist-packages",
+    }
     return sorted(p for p in hide if os.path.isdir(p))
 
 
@@ -220,10 +245,14 @@ def bwrap_command(bwrap: str, control_fd: int, config: dict[str, Any]) -> list[s
             cmd += ["--symlink", os.readlink(host), f"/{link}"]
         elif host.is_dir():
             cmd += ["--ro-bind", str(host), f"/{link}"]
-    if not sys.base_prefix.startswith("/usr/"):
+    hide_local = not Path(sys.base_prefix).is_relative_to("/usr/local") and not np_dir.is_relative_to("/usr/local")
+    if hide_local:
+        cmd += ["--tmpfs", "/usr/local"]  # site-wide configuration and packages of the host
+    if not Path(sys.base_prefix).is_relative_to("/usr"):
         cmd += ["--ro-bind", sys.base_prefix, sys.base_prefix]
     for hidden in _site_dirs_to_hide():
-        cmd += ["--tmpfs", hidden]
+        if not (hide_local and Path(hidden).is_relative_to("/usr/local")):
+            cmd += ["--tmpfs", hidden]
     cmd += ["--ro-bind", str(np_dir), f"{SANDBOX_SITE}/numpy"]
     libs = np_dir.parent / "numpy.libs"
     if libs.is_dir():
@@ -258,7 +287,7 @@ class _Zygote:
         for link in ("bin", "lib", "lib64"):
             if (Path("/") / link).is_dir():
                 read_only.append(f"/{link}")
-        if not sys.base_prefix.startswith("/usr/"):
+        if not Path(sys.base_prefix).is_relative_to("/usr"):
             read_only.append(sys.base_prefix)
         config = {
             "scratch_root": SCRATCH_ROOT,
@@ -369,6 +398,8 @@ class _Zygote:
 class _ZygoteChild:
     """A ChildHandle for one job: the zygote's pre-forked, already confined spare."""
 
+    reports_confinement = True
+
     def __init__(self, zygote: _Zygote) -> None:
         self.zygote = zygote
         zygote.next_id += 1
@@ -430,6 +461,12 @@ class SandboxRunner:
         self.memory_mb = memory_mb
         self.use_cgroup = self.probe.ok("cgroup")
         self._zygote: Optional[_Zygote] = None
+        # A runner dropped without close() must not leave bwrap or a cgroup behind.
+        self._finalizer = weakref.finalize(self, SandboxRunner._stop_zygote, self)
+
+    @staticmethod
+    def _stop_zygote(runner: "SandboxRunner") -> None:
+        runner._discard()
 
     def _ensure(self) -> _Zygote:
         if self._zygote is None or not self._zygote.alive():
@@ -440,26 +477,35 @@ class SandboxRunner:
         return self._zygote
 
     def run(self, job: Job) -> RunReport:
-        zygote = self._ensure()
-        # The previous child may still be exiting; waiting for that would put its teardown
-        # on this submission's critical path. More than one unreported exit is a fault.
-        if len(zygote.outstanding) > 1 and not zygote.settle(5.0):
-            log.warning("sandbox zygote did not report earlier children's exits; restarting it")
-            zygote.stop()
-            self._zygote = None
+        # One retry on a fresh zygote: a zygote retires (or dies) after a job that left its
+        # scratch unusable, and the next, innocent submission must not pay for that.
+        for attempt in (1, 2):
             zygote = self._ensure()
-        try:
-            return run_job(job, lambda: _ZygoteChild(zygote))
-        except SandboxFailure:
-            zygote.stop()
+            # The previous child may still be exiting; waiting for that would put its
+            # teardown on this submission's critical path. More than one unreported exit
+            # is a fault.
+            if len(zygote.outstanding) > 1 and not zygote.settle(5.0):
+                log.warning("sandbox zygote did not report earlier children's exits; restarting it")
+                self._discard()
+                zygote = self._ensure()
+            try:
+                return run_job(job, lambda: _ZygoteChild(zygote))
+            except SandboxFailure as exc:
+                log.warning("sandbox failure (attempt %d): %s", attempt, exc)
+                self._discard()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _discard(self) -> None:
+        if self._zygote is not None:
+            self._zygote.stop()
             self._zygote = None
-            raise
 
     def close(self) -> None:
         if self._zygote is not None:
             self._zygote.settle(5.0)
-            self._zygote.stop()
-            self._zygote = None
+        self._discard()
 
 
 class InsecureSubprocessRunner(SubprocessRunner):

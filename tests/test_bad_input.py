@@ -681,9 +681,11 @@ def test_printing_is_shown_capped_with_a_dropped_bytes_note():
     assert result["score"] == 8  # printing is allowed
     printed = part(result, "relu_backward")["printed"]
     assert printed.startswith("debug: x has shape")
-    match = re.search(r"\[\.\.\. (\d+) more bytes of output dropped\]$", printed)
+    match = re.search(r"\[\.\.\. (\d+) more bytes of output dropped\]", printed)
     assert match, printed[-200:]
-    assert int(match.group(1)) > 40_000
+    assert int(match.group(1)) > 20_000  # the visible trials' output beyond the cap
+    # what hidden trials print could reveal their inputs: withheld, and said so
+    assert printed.endswith("[output printed during hidden trials is not shown]")
     assert len(printed) < 4096
     assert "printed" not in part(result, "matmul_backward")
     assert "printed" not in part(result, "affine_backward")

@@ -434,12 +434,12 @@ def test_decode_value_returns_unsupported_for_u_markers():
 
 
 def test_decode_value_decodes_every_kind():
-    blobs = [npy(np.arange(6.0).reshape(2, 3)), npy(np.array(2.5))]
+    blobs = [npy(np.arange(6.0).reshape(2, 3)), npy(np.array(2.5)), npy(np.array(2.5))]
     skel = {
         "t": [
             {"a": 0, "k": "matrix"},
             {"a": 1},
-            {"a": 1, "k": 7},
+            {"a": 2, "k": 7},
             {"d": [["dx", {"f": 1.5}], ["k" * 500, {"i": -3}]]},
             {"l": [{"b": True}, {"s": "hi"}, {"c": [1, -2]}, {"n": None}, {"f": 4}]},
         ]
@@ -452,6 +452,29 @@ def test_decode_value_decodes_every_kind():
     assert d == {"dx": 1.5, "k" * 100: -3}  # keys are truncated
     assert items == [True, "hi", complex(1, -2), None, 4.0]
     assert isinstance(items[4], float)
+
+
+def test_one_blob_cannot_be_referenced_twice():
+    # A few bytes of header pointing many times at one large blob would make the parent
+    # materialise gigabytes.
+    blobs = [npy(np.zeros(1000))]
+    with pytest.raises(ProtocolError, match="referenced twice"):
+        decode_value({"l": [{"a": 0}] * 100}, blobs)
+
+
+def test_frames_may_not_carry_unused_arrays_or_huge_headers():
+    from grader.runner.protocol import MAX_HEADER_BYTES, Decoder
+
+    decoder = Decoder([npy(np.zeros(3)), npy(np.zeros(3))])
+    decoder.decode({"a": 0})
+    with pytest.raises(ProtocolError, match="do not use"):
+        decoder.finish()
+    head = json.dumps({"kind": "call", "pad": "x" * MAX_HEADER_BYTES}).encode()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        parse_payload(struct.pack("<I", len(head)) + head)
+    big_int = b'{"kind": "call", "n": ' + b"9" * 5000 + b"}"
+    with pytest.raises(ProtocolError, match="unreadable"):
+        parse_payload(struct.pack("<I", len(big_int)) + big_int)
 
 
 def test_decode_value_rejects_a_bad_array_blob():

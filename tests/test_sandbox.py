@@ -425,3 +425,126 @@ def test_sockets_cannot_be_made_in_the_child_at_all(runner: SandboxRunner) -> No
     result = attack(runner, "import socket\nsocket.socketpair()\nreturn 2 * x\n")
     assert double_part(result)["score"] == 0
     assert socket  # the parent's own sockets are unaffected
+
+
+# --- attacks on later submissions (found in review) -----------------------------------
+
+VICTIM = b"import numpy as np, os\ndef double(x):\n    print(os.nice(0), os.sched_getaffinity(0))\n    return 2 * x\n" + ADD.encode()
+
+
+def assert_next_submission_unharmed(runner: SandboxRunner) -> None:
+    for seed in (11, 12):
+        result = grade_bytes(PROBE, VICTIM, seed=seed, runner=runner)
+        assert result["score"] == result["max_score"], result["parts"][0]["feedback"]
+        assert result["parts"][0]["printed"].startswith(f"0 {set(range(os.cpu_count() or 1))}")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # lowering the zygote's hard limits would break every later child
+        "import ctypes\nlim = (ctypes.c_uint64 * 2)(0, 0)\nassert ctypes.CDLL(None).syscall(302, os.getppid(), 1, lim, None) != 0\n",
+        "import ctypes\nassert ctypes.CDLL(None).syscall(141, 0, os.getppid(), 19) != 0\n",
+        "import ctypes\np = ctypes.c_int(0)\nassert ctypes.CDLL(None).syscall(144, os.getppid(), 5, ctypes.byref(p)) != 0\n",
+        "try:\n    os.sched_setaffinity(os.getppid(), {0})\nexcept PermissionError:\n    pass\nelse:\n    raise AssertionError('allowed')\n",
+    ],
+    ids=["prlimit-zygote", "renice-zygote", "idle-zygote", "pin-zygote"],
+)
+def test_cannot_change_the_zygote(runner: SandboxRunner, body: str) -> None:
+    result = attack(runner, body + "return 2 * x\n")
+    assert double_part(result)["score"] == double_part(result)["max_score"], feedback(result)
+    assert_next_submission_unharmed(runner)
+
+
+def test_own_priority_and_limits_are_the_students_business(runner: SandboxRunner) -> None:
+    body = "import resource\nos.nice(1)\nresource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))\nreturn 2 * x\n"
+    assert double_part(attack(runner, body))["score"] == 1
+    assert_next_submission_unharmed(runner)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "import ctypes\nassert ctypes.CDLL(None).syscall(29, 0, 1 << 20, 0o1000 | 0o600) == -1\n",  # shmget
+        "import ctypes\nassert ctypes.CDLL(None).syscall(68, 0, 0o1000 | 0o600) == -1\n",  # msgget
+        "from multiprocessing import shared_memory\nshared_memory.SharedMemory(create=True, size=1 << 20)\n",
+    ],
+    ids=["shmget", "msgget", "posix-shm"],
+)
+def test_no_ipc_between_submissions(runner: SandboxRunner, body: str) -> None:
+    result = attack(runner, body + "return 2 * x\n")
+    assert_next_submission_unharmed(runner)
+    if "shared_memory" in body:
+        assert double_part(result)["score"] == 0
+
+
+def test_a_locked_directory_cannot_outlive_its_job(runner: SandboxRunner) -> None:
+    body = """
+    os.mkdir('keep')
+    with open('keep/f', 'wb') as f:
+        f.write(b'x' * (8 << 20))
+    os.chmod('keep', 0)
+    os.chmod('.', 0o500)
+    return 2 * x
+    """
+    result = attack(runner, body)
+    assert "PermissionError" in feedback(result)
+    assert_next_submission_unharmed(runner)
+
+
+def test_filling_scratch_retires_the_zygote_not_the_next_student(runner: SandboxRunner) -> None:
+    body = """
+    for i in range(10):
+        with open('f%d' % i, 'wb') as f:
+            f.write(b'x' * (15 << 20))
+    return 2 * x
+    """
+    attack(runner, body)  # the zygote retires once it sees its scratch this full
+    assert_next_submission_unharmed(runner)
+
+
+def test_a_forged_confinement_failure_is_the_students_problem(runner: SandboxRunner) -> None:
+    body = """
+    import json, struct
+    head = json.dumps({"kind": "confinement_failed", "detail": "forged", "blobs": []}).encode()
+    payload = struct.pack('<I', len(head)) + head
+    for fd in range(3, 20):
+        try:
+            os.write(fd, struct.pack('<Q', len(payload)) + payload)
+        except OSError:
+            pass
+    return 2 * x
+    """
+    result = attack(runner, body)  # no SandboxFailure escapes grade_bytes
+    assert double_part(result)["score"] == 0
+
+
+def test_host_site_configuration_is_hidden(runner: SandboxRunner) -> None:
+    body = "print(os.listdir('/usr/local'))\nreturn 2 * x\n"
+    assert double_part(attack(runner, body))["printed"].startswith("[]")
+
+
+def test_one_submission_has_a_total_time_budget(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "probe"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "probe", folder)
+    spec = yaml.safe_load((folder / "spec.yaml").read_text())
+    spec["limits"]["job_seconds"] = 2.5
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    budget = load_folder(folder)
+    source = b"import time\ndef double(x):\n    time.sleep(0.9)\n    return 2 * x\n\ndef add(x, y):\n    time.sleep(0.9)\n    return x + y\n"
+    sandbox = SandboxRunner()
+    try:
+        import time
+
+        start = time.monotonic()
+        result = grade_bytes(budget, source, seed=1, runner=sandbox)
+        assert time.monotonic() - start < 5
+    finally:
+        sandbox.close()
+    text = json.dumps(result)
+    assert "total time budget (2.5 s)" in text
+    assert result["score"] < result["max_score"]

@@ -30,6 +30,7 @@ class Call:
     args: list[Any]
     wall_seconds: float
     cpu_seconds: float
+    hidden: bool = False  # what a hidden trial prints is not passed on to the student
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Job:
     import_seconds: float = 5.0
     max_result_bytes: int = 64 << 20  # per call
     max_output_bytes: int = 2048  # captured stdout+stderr kept per function (and for import)
+    max_seconds: float = 60.0  # the whole job, restarts included: bounds one submission's cost
 
 
 @dataclass

@@ -153,7 +153,24 @@ DENIED = {
     "open_by_handle_at": 304, "name_to_handle_at": 303, "fanotify_init": 300, "vhangup": 153,
     "setuid": 105, "setgid": 106, "setreuid": 113, "setregid": 114, "setresuid": 117,
     "setresgid": 119, "setgroups": 116, "setfsuid": 122, "setfsgid": 123,
+    # SysV IPC and POSIX queues: one IPC namespace serves every child of a zygote, so
+    # a segment would carry data (hidden inputs) and memory from one submission to the next.
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65,
+    "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
+    "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
+    "mq_notify": 244, "mq_getsetattr": 245,
+    # Permissions and times: a mode-000 directory in scratch would survive the cleanup
+    # (same uid) and fill the tmpfs for later submissions.
+    "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93,
+    "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+    "ioprio_set": 251, "migrate_pages": 256, "move_pages": 279, "process_madvise": 440,
+    "process_mrelease": 448, "kcmp": 312,
 }
+# Calls aimed at a process by pid in args[0], allowed only on ourselves (0 or our pid):
+# the zygote shares our uid, and lowering its hard limits or giving it an idle policy, a
+# pinned CPU or a low priority would hurt every later submission.
+SELF_ONLY = {"prlimit64": 302, "sched_setparam": 142, "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314}
+SYS_SETPRIORITY = 141  # setpriority(which, who, prio): only PRIO_PROCESS on ourselves
 SYS_CLONE, SYS_CLONE3, SYS_KILL, SYS_TGKILL = 56, 435, 62, 234
 
 
@@ -168,9 +185,26 @@ def _jump(code, k, jt, jf):
 LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 
 
+def _pid_is_self(arg, own_pid, allow_zero, deny):
+    """Instructions that ALLOW if args[arg] (64-bit) is our pid (or 0) and deny otherwise."""
+    lo, hi = 16 + 8 * arg, 20 + 8 * arg
+    allow = _stmt(RET_K, SECCOMP_RET_ALLOW)
+    if allow_zero:
+        return [_stmt(LD_W_ABS, lo), _jump(JEQ_K, own_pid, 1, 0), _jump(JEQ_K, 0, 0, 3),
+                _stmt(LD_W_ABS, hi), _jump(JEQ_K, 0, 0, 1), allow, deny]
+    return [_stmt(LD_W_ABS, lo), _jump(JEQ_K, own_pid, 0, 3),
+            _stmt(LD_W_ABS, hi), _jump(JEQ_K, 0, 0, 1), allow, deny]
+
+
+def _only_for(nr, body):
+    """Run `body` (which ends in a return) for syscall `nr`; otherwise fall through."""
+    return [_stmt(LD_W_ABS, 0), _jump(JEQ_K, nr, 0, len(body))] + body
+
+
 def build_filter(own_pid):
     """The BPF program: deny DENIED with EPERM, clone3 with ENOSYS (so threads fall back to
-    clone), clone unless it makes a thread, and kill/tgkill aimed at anyone but ourselves."""
+    clone), clone unless it makes a thread, kill/tgkill aimed at anyone but ourselves, and
+    the SELF_ONLY calls and setpriority on anyone but ourselves."""
     deny = _stmt(RET_K, SECCOMP_RET_ERRNO | EPERM)
     prog = [
         _stmt(LD_W_ABS, 4),  # seccomp_data.arch
@@ -184,25 +218,28 @@ def build_filter(own_pid):
         prog += [_jump(JEQ_K, nr, 0, 1), deny]
     prog += [_jump(JEQ_K, SYS_CLONE3, 0, 1), _stmt(RET_K, SECCOMP_RET_ERRNO | ENOSYS)]
     # clone: only with CLONE_THREAD (args[0], low word at offset 16).
-    prog += [
-        _jump(JEQ_K, SYS_CLONE, 0, 4),
+    prog += _only_for(SYS_CLONE, [
         _stmt(LD_W_ABS, 16),
         _jump(JSET_K, CLONE_THREAD, 1, 0),
         deny,
         _stmt(RET_K, SECCOMP_RET_ALLOW),
-    ]
-    # kill(pid) and tgkill(tgid): only our own process (args[0], low and high words).
-    prog += [
-        _stmt(LD_W_ABS, 0),
-        _jump(JEQ_K, SYS_KILL, 1, 0),
-        _jump(JEQ_K, SYS_TGKILL, 0, 5),
-        _stmt(LD_W_ABS, 16),
-        _jump(JEQ_K, own_pid, 0, 2),
-        _stmt(LD_W_ABS, 20),
-        _jump(JEQ_K, 0, 1, 0),
-        deny,
-    ]
+    ])
+    for nr in (SYS_KILL, SYS_TGKILL):  # pid 0 would be our whole process group
+        prog += _only_for(nr, _pid_is_self(0, own_pid, False, deny))
+    for nr in sorted(SELF_ONLY.values()):
+        prog += _only_for(nr, _pid_is_self(0, own_pid, True, deny))
+    # setpriority(which=PRIO_PROCESS (0), who=0 or our pid): args[0] must be 0.
+    # Layout: [0] load which.lo, [1] which.lo == 0?, [2] load which.hi, [3] which.hi == 0?,
+    # then the check of `who`, whose last instruction (index 3 + n) is the deny.
+    self_check = _pid_is_self(1, own_pid, True, deny)
+    n = len(self_check)
+    prog += _only_for(SYS_SETPRIORITY, [
+        _stmt(LD_W_ABS, 16), _jump(JEQ_K, 0, 0, (3 + n) - 1 - 1),
+        _stmt(LD_W_ABS, 20), _jump(JEQ_K, 0, 0, (3 + n) - 3 - 1),
+    ] + self_check)
     prog.append(_stmt(RET_K, SECCOMP_RET_ALLOW))
+    if len(prog) > 4096:
+        raise ConfinementError("seccomp program too long")
     return prog
 
 

@@ -21,6 +21,8 @@ from grader.runner.child import npy_bytes
 
 ALLOWED_DTYPE_KINDS = "biufc"  # bool, int, uint, float, complex
 MAX_DEPTH = 40
+MAX_NODES = 100_000  # values in one decoded result, as the child caps its own encoding
+MAX_HEADER_BYTES = 1 << 20  # the JSON part of a frame; arrays travel as blobs
 
 
 class ProtocolError(Exception):
@@ -115,10 +117,12 @@ def parse_payload(payload: bytes) -> tuple[dict[str, Any], list[bytes]]:
     (hlen,) = struct.unpack_from("<I", payload)
     if 4 + hlen > len(payload):
         raise ProtocolError("frame header longer than the frame")
+    if hlen > MAX_HEADER_BYTES:
+        raise ProtocolError(f"a frame header of {hlen} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = json.loads(payload[4 : 4 + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"unreadable frame header: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # incl. JSONDecodeError and integers too long to parse
+        raise ProtocolError(f"unreadable frame header: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not an object")
     sizes = header.get("blobs", [])
@@ -208,16 +212,35 @@ def clean_text(value: Any, limit: int) -> str:
     return value[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
+class Decoder:
+    """Decodes the skeletons of one frame against its blobs.
+
+    Each blob may be referenced once: a thousand references to one 8 MB blob would make
+    the parent materialise gigabytes from a few kilobytes of header."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+        self.used: set[int] = set()
+        self.nodes = 0
+
+    def decode(self, skel: Any) -> Any:
+        """Plain Python/NumPy data from a skeleton: None, bool, int, float, complex, str,
+        list, tuple, dict (str keys), Returned (arrays), Unsupported, UNCHANGED. Anything
+        malformed raises ProtocolError, never another exception."""
+        try:
+            return _decode(skel, self, 0)
+        except ProtocolError:
+            raise
+        except (ValueError, TypeError, OverflowError, KeyError, RecursionError, MemoryError) as exc:
+            raise ProtocolError(f"malformed value ({type(exc).__name__})") from None
+
+    def finish(self) -> None:
+        if len(self.used) != len(self.blobs):
+            raise ProtocolError("the frame carries arrays its values do not use")
+
+
 def decode_value(skel: Any, blobs: list[bytes]) -> Any:
-    """Plain Python/NumPy data from a skeleton: None, bool, int, float, complex, str,
-    list, tuple, dict (str keys), Returned (arrays), Unsupported, UNCHANGED. Anything
-    malformed raises ProtocolError, never another exception."""
-    try:
-        return _decode(skel, blobs, 0)
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError, OverflowError, KeyError, RecursionError) as exc:
-        raise ProtocolError(f"malformed value ({type(exc).__name__})") from None
+    return Decoder(blobs).decode(skel)
 
 
 def _number(value: Any) -> float:
@@ -226,17 +249,24 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _decode(skel: Any, blobs: list[bytes], depth: int) -> Any:
+def _decode(skel: Any, state: Decoder, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise ProtocolError("value nested too deeply")
+    state.nodes += 1
+    if state.nodes > MAX_NODES:
+        raise ProtocolError("value has too many parts")
     if not isinstance(skel, dict):
         raise ProtocolError("malformed value")
+    blobs = state.blobs
     if "a" in skel:
         index = skel["a"]
         if set(skel) - {"a", "k"} or isinstance(index, bool) or not isinstance(index, int):
             raise ProtocolError("array index out of range (not an integer)")
         if not 0 <= index < len(blobs):
             raise ProtocolError("array index out of range")
+        if index in state.used:
+            raise ProtocolError("an array is referenced twice")
+        state.used.add(index)
         kind = clean_text(skel.get("k", "array"), 80) or "array"
         return Returned(load_array(blobs[index]), kind)
     if len(skel) != 1:
@@ -259,14 +289,14 @@ def _decode(skel: Any, blobs: list[bytes], depth: int) -> Any:
     if key == "u" and isinstance(value, str):
         return Unsupported(clean_text(value, 200))
     if key in ("l", "t") and isinstance(value, list):
-        items = [_decode(v, blobs, depth + 1) for v in value]
+        items = [_decode(v, state, depth + 1) for v in value]
         return items if key == "l" else tuple(items)
     if key == "d" and isinstance(value, list):
         out: dict[str, Any] = {}
         for pair in value:
             if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
                 raise ProtocolError("malformed dict entry")
-            out[clean_text(pair[0], 100)] = _decode(pair[1], blobs, depth + 1)
+            out[clean_text(pair[0], 100)] = _decode(pair[1], state, depth + 1)
         return out
     raise ProtocolError("malformed value")
 

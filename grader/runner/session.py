@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Optional, Protocol
 
 from grader.runner.base import CallResult, Job, LoadResult, RunReport
-from grader.runner.protocol import FrameReader, ProtocolError, clean_text, decode_value, encode_job, error_of
+from grader.runner.protocol import Decoder, FrameReader, ProtocolError, clean_text, encode_job, error_of
 
 MAX_OUTPUT_TOTAL = 64 << 10
 
@@ -25,6 +25,7 @@ class SandboxFailure(Exception):
 
 
 class ChildHandle(Protocol):
+    reports_confinement: bool  # sends "confined" (or "confinement_failed") before reading its job
     job_fd: int  # write end of the job pipe (owned by the handle)
     result_fd: int  # read end of the result pipe (owned by the handle)
     diagnostic_fds: list[int]  # extra read ends (the harness's own stderr), drained and kept
@@ -48,6 +49,7 @@ class OutputCapture:
         self.kept: dict[str, bytearray] = {}
         self.dropped: dict[str, int] = {}
         self.total = 0
+        self.hidden: set[str] = set()  # functions whose hidden trials printed
 
     def add(self, key: str, data: "bytes | str", dropped: int = 0) -> None:
         raw = data.encode("utf-8", errors="replace") if isinstance(data, str) else data
@@ -61,12 +63,14 @@ class OutputCapture:
 
     def texts(self) -> dict[str, str]:
         out = {}
-        for key, buf in self.kept.items():
+        for key in set(self.kept) | self.hidden:
             if key.startswith("<harness"):
                 continue
-            text = buf.decode("utf-8", errors="replace")
+            text = self.kept.get(key, bytearray()).decode("utf-8", errors="replace")
             if self.dropped.get(key):
                 text += f"\n[... {self.dropped[key]} more bytes of output dropped]"
+            if key in self.hidden:
+                text += ("\n" if text else "") + "[output printed during hidden trials is not shown]"
             if text:
                 out[key] = text
         return out
@@ -74,6 +78,7 @@ class OutputCapture:
 
 def run_job(job: Job, launch: Launch) -> RunReport:
     started = time.perf_counter()
+    job_deadline = time.monotonic() + job.max_seconds
     capture = OutputCapture(job.max_output_bytes)
     results: dict[int, CallResult] = {}
     pending = list(range(len(job.calls)))
@@ -81,7 +86,11 @@ def run_job(job: Job, launch: Launch) -> RunReport:
     sessions = 0
     while pending:
         sessions += 1
-        session = _Session(job, pending, capture, results)
+        if time.monotonic() >= job_deadline:
+            for i in pending:
+                results[i] = CallResult("skipped", detail=f"the submission's total time budget ({job.max_seconds:g} s)")
+            break
+        session = _Session(job, pending, capture, results, job_deadline)
         session.run(launch())
         assert session.load is not None
         if load is None:
@@ -106,8 +115,11 @@ def run_job(job: Job, launch: Launch) -> RunReport:
 class _Session:
     """One child working through the pending calls until done, a kill or a crash."""
 
-    def __init__(self, job: Job, pending: list[int], capture: OutputCapture, results: dict[int, CallResult]) -> None:
+    def __init__(
+        self, job: Job, pending: list[int], capture: OutputCapture, results: dict[int, CallResult], job_deadline: float
+    ) -> None:
         self.job = job
+        self.job_deadline = job_deadline
         self.pending = list(pending)
         self.capture = capture
         self.results = results
@@ -140,15 +152,22 @@ class _Session:
     def _deadline_after(self, now: float) -> float:
         current = self._current()
         if self.load is None:
-            return now + self.job.import_seconds
-        return now + (self.job.calls[current].wall_seconds if current is not None else 2.0)
+            step = self.job.import_seconds
+        else:
+            step = self.job.calls[current].wall_seconds if current is not None else 2.0
+        return min(now + step, self.job_deadline)
 
     def _loop(self, child: ChildHandle, payload: bytes) -> None:
         reader = FrameReader(self.job.max_result_bytes)
         sel = selectors.DefaultSelector()
         for fd in (child.job_fd, child.result_fd, *child.diagnostic_fds):
             os.set_blocking(fd, False)
-        sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
+        # A sandbox child first reports that it is confined; only then does it get its job,
+        # so a "confinement_failed" report can only come from the harness, never a student.
+        job_registered = not child.reports_confinement
+        self.awaiting_confinement = child.reports_confinement
+        if job_registered:
+            sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
         sel.register(child.result_fd, selectors.EVENT_READ, "result")
         for fd in child.diagnostic_fds:
             sel.register(fd, selectors.EVENT_READ, "diagnostic")
@@ -195,8 +214,19 @@ class _Session:
                         self._fail("too_large" if "exceeds" in str(exc) else "protocol", str(exc))
                         return
                     for header, blobs in frames:
-                        if self._handle(header, blobs):
+                        try:
+                            over = self._handle(header, blobs)
+                        except SandboxFailure:
+                            raise
+                        except Exception as exc:  # a forged frame must not take the grader down
+                            child.kill()
+                            self._fail("protocol", f"unreadable result ({type(exc).__name__})")
                             return
+                        if over:
+                            return
+                        if header.get("kind") == "confined" and not job_registered:
+                            sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
+                            job_registered = True
                         deadline = self._deadline_after(time.monotonic())
                     if reader.error is not None:
                         child.kill()
@@ -208,13 +238,22 @@ class _Session:
     def _handle(self, header: dict[str, Any], blobs: list[bytes]) -> bool:
         """Record one frame; True when the session is over."""
         kind = header.get("kind")
-        if kind == "confinement_failed":
-            raise SandboxFailure(f"the sandbox could not confine a child: {clean_text(header.get('detail'), 500) or '?'}")
+        if self.awaiting_confinement:
+            if kind == "confinement_failed":
+                raise SandboxFailure(f"the sandbox could not confine a child: {clean_text(header.get('detail'), 500) or '?'}")
+            if kind != "confined":
+                raise SandboxFailure("a sandbox child spoke before reporting its confinement")
+            self.awaiting_confinement = False
+            return False
         printed, dropped = header.get("output"), header.get("output_dropped")
         if isinstance(printed, str) or isinstance(dropped, int):
-            self.capture.add(
-                self._key(), printed if isinstance(printed, str) else "", dropped if isinstance(dropped, int) else 0
-            )
+            dropped = dropped if isinstance(dropped, int) and 0 <= dropped < 1 << 40 else 0
+            current = self._current()
+            if current is not None and self.job.calls[current].hidden:
+                # What a hidden trial printed could be its inputs: it is not shown.
+                self.capture.hidden.add(self._key())
+            else:
+                self.capture.add(self._key(), printed if isinstance(printed, str) else "", dropped)
         if self.load is None:
             if kind != "loaded":
                 self._fail("protocol", "expected the load report first")
@@ -266,9 +305,11 @@ def _call_result(header: dict[str, Any], blobs: list[bytes]) -> CallResult:
     status = header.get("status")
     seconds = _seconds(header)
     if status == "ok":
+        decoder = Decoder(blobs)
         try:
-            value = decode_value(header.get("value"), blobs)
-            after = decode_value(header.get("args_after"), blobs)
+            value = decoder.decode(header.get("value"))
+            after = decoder.decode(header.get("args_after"))
+            decoder.finish()
         except ProtocolError as exc:
             return CallResult("protocol", detail=str(exc), seconds=seconds)
         return CallResult("ok", value=value, args_after=after, seconds=seconds)

@@ -32,6 +32,42 @@ import confine
 
 MAX_MESSAGE = 65536
 PIPE_BYTES = 1 << 20
+MIN_FREE_FRACTION = 0.5  # of scratch blocks and inodes; below it the zygote retires
+
+
+class Retire(Exception):
+    """The zygote can no longer promise a clean child; it exits and the parent starts a
+    fresh one (with a fresh tmpfs)."""
+
+
+def remove_tree(path):
+    """Delete a child's scratch whatever it did to it; Retire if anything survives."""
+
+    def unlock(func, target, _exc):
+        # Children cannot chmod (seccomp), but a mode must never keep a tree alive.
+        try:
+            os.chmod(os.path.dirname(target) or ".", 0o700)
+            os.chmod(target, 0o700)
+        except OSError:
+            pass
+        func(target)
+
+    try:
+        shutil.rmtree(path, onerror=unlock)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise Retire("cannot remove %s: %s" % (path, exc)) from None
+    if os.path.lexists(path):
+        raise Retire("%s survived its cleanup" % path)
+
+
+def check_scratch(root):
+    stats = os.statvfs(root)
+    if stats.f_blocks and stats.f_bavail < MIN_FREE_FRACTION * stats.f_blocks:
+        raise Retire("scratch space is low")
+    if stats.f_files and stats.f_favail < MIN_FREE_FRACTION * stats.f_files:
+        raise Retire("scratch inodes are low")
 
 
 def send(ctl, message, fds=()):
@@ -110,7 +146,8 @@ class Zygote:
                 return
             job_id, scratch = self.children.pop(pid, (None, None))
             if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)  # nothing a child wrote outlives it
+                remove_tree(scratch)  # nothing a child wrote outlives it
+                check_scratch(self.config["scratch_root"])
             if self.spare is not None and self.spare[0] == pid:
                 os.close(self.spare[1])
                 os.close(self.spare[2])
@@ -186,6 +223,7 @@ def run_child(job_fd, result_fd, scratch, config):
     except Exception as exc:  # fail closed: no student code runs unconfined
         child.write_frame(result_fd, {"kind": "confinement_failed", "detail": str(exc)[:500]}, [])
         return 3
+    child.write_frame(result_fd, {"kind": "confined"}, [])
     output = child.Output(2048)  # the capture file, made while still a spare
     with os.fdopen(job_fd, "rb") as stream:
         job = child.read_frame(stream)
@@ -199,7 +237,17 @@ def run_child(job_fd, result_fd, scratch, config):
 
 def main():
     ctl = socket.socket(fileno=int(sys.argv[1]))
-    Zygote(ctl, json.loads(sys.argv[2])).loop()
+    zygote = Zygote(ctl, json.loads(sys.argv[2]))
+    try:
+        zygote.loop()
+    except Exception as exc:  # Retire, or anything unexpected: never serve in doubt
+        sys.stderr.write("zygote retiring: %s\n" % exc)
+        for pid in list(zygote.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(1)
 
 
 if __name__ == "__main__":

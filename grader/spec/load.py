@@ -30,7 +30,7 @@ from grader.spec.program import Program, ProgramError
 SPEC_FILE = "spec.yaml"
 MAX_SPEC_BYTES = 1 << 20
 
-DEFAULT_LIMITS = Limits(cpu_seconds=2.0, wall_seconds=3.0, memory_mb=512, import_seconds=5.0)
+DEFAULT_LIMITS = Limits(cpu_seconds=2.0, wall_seconds=3.0, memory_mb=512, import_seconds=5.0, job_seconds=60.0)
 
 PathPart = Union[int, str]
 

@@ -221,6 +221,7 @@ class Limits(Strict):
     wall_seconds: Optional[PositiveFloat] = None  # per call, enforced from outside
     memory_mb: Optional[PositiveInt] = None  # address space of the process
     import_seconds: Optional[PositiveFloat] = None  # running the file's top level
+    job_seconds: Optional[PositiveFloat] = None  # one whole submission, restarts included
 
 
 class Tolerance(Strict):
