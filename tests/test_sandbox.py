@@ -164,7 +164,9 @@ def test_one_huge_allocation(runner: SandboxRunner) -> None:
 
 def test_many_small_allocations(runner: SandboxRunner) -> None:
     result = attack(runner, "hoard = []\nwhile True:\n    hoard.append(bytearray(1 << 16))\n")
-    assert "ran out of memory" in feedback(result)
+    # Filling 512 MB takes a good part of the probe's 1 s limit on a busy machine, so
+    # either limit may stop it first; both are the contained outcome.
+    assert "ran out of memory" in feedback(result) or "time limit" in feedback(result)
 
 
 def test_disk_bomb_in_scratch(runner: SandboxRunner) -> None:
