@@ -43,11 +43,14 @@ def grade(assignment: str, file: str, as_json: bool, seed: Optional[int]) -> Non
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror or exc}")
+    from grader.grade import GradingError
     from grader.runner.session import SandboxFailure
     from grader.sandbox import SandboxUnavailable
 
     try:
         result = grade_bytes(spec, data, seed=seed)
+    except GradingError as exc:
+        _fail(f"cannot grade: {exc}", code=2)
     except (SandboxUnavailable, SandboxFailure) as exc:
         _fail(str(exc), code=3)
     if as_json:

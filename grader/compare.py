@@ -1,8 +1,10 @@
 """Comparing what a student returned with the expected answer, in the trusted parent.
 
 Checks run in the order a student can act on: structure, type, dtype, shape, finiteness,
-then values. Every message is written for the student; with `hidden=True` it says what
-went wrong without revealing the trial's inputs or expected values.
+then values. Every message is written for the student. With `hidden=True` a message says
+only what kind of thing went wrong: no sizes, counts, indices or values (they describe
+the hidden inputs), and nothing the student's code chose (dict keys, class names), which
+would let a submission smuggle hidden inputs out through its own feedback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from grader.runner.protocol import Returned, Unchanged, Unsupported
-from grader.spec.load import LeafInfo
+from grader.spec.load import LeafInfo, iter_leaves
 from grader.spec.model import DictReturn, Leaf, ReturnSpec, SeqReturn, Tolerance
 
 
@@ -22,9 +24,6 @@ class Check:
     passed: bool
     message: str = ""
     float32: bool = False
-
-
-PASS = Check(True)
 
 
 class StructureError(Exception):
@@ -47,10 +46,19 @@ def key_list(keys: Any, limit: int = 8) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def describe(value: Any) -> str:
-    """A short, student-facing description of a returned value's type."""
+def describe(value: Any, hidden: bool = False) -> str:
+    """A short, student-facing description of a returned value's type (only its kind
+    when `hidden`)."""
     if value is None:
         return "None"
+    if hidden:
+        if isinstance(value, Returned):
+            return "an array"
+        if isinstance(value, (tuple, list, dict, str)):
+            return f"a {type(value).__name__}"
+        if isinstance(value, (bool, int, float, complex)):
+            return "a number"
+        return "an object that is not numeric data"
     if isinstance(value, Returned):
         array = value.array
         what = "a NumPy array" if value.kind == "array" else f"{article(value.kind)} {value.kind}"
@@ -95,9 +103,32 @@ def _expected_form(spec: ReturnSpec) -> str:
     return "an array"
 
 
-def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Union[Any, StructureError]]:
-    """Each output's returned value by its path, or why it cannot be found."""
-    found: dict[tuple[Union[int, str], ...], Union[Any, StructureError]] = {}
+Path = tuple[Union[int, str], ...]
+
+
+def locate(
+    spec: ReturnSpec, value: Any, expected: Optional[dict[Path, Any]] = None, hidden: bool = False
+) -> dict[Path, Union[Any, StructureError]]:
+    """Each output's returned value by its path, or why it cannot be found. `expected`
+    (the expected value per path) lets one stacked array stand for a tuple of arrays when,
+    and only when, its parts have the expected shapes."""
+    found: dict[Path, Union[Any, StructureError]] = {}
+    expected = expected or {}
+
+    def what(actual: Any) -> str:
+        return describe(actual, hidden)
+
+    def stacked_parts(node: SeqReturn, actual: Returned, path: Path) -> Optional[list[Any]]:
+        items = node.items
+        if actual.array.ndim == 0 or actual.array.shape[0] != len(items):
+            return None
+        for i, item in enumerate(items):
+            want = expected.get((*path, i))
+            if not isinstance(item, Leaf) or want is None or isinstance(want, list):
+                return None
+            if np.shape(want) != actual.array.shape[1:]:  # 0-d answers are NumPy scalars
+                return None
+        return [Returned(actual.array[i], actual.kind) for i in range(len(items))]
 
     def walk(node: ReturnSpec, actual: Any, path: tuple[Union[int, str], ...]) -> None:
         if isinstance(node, Leaf):
@@ -112,16 +143,16 @@ def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Un
             seq: Optional[list[Any]] = None
             if isinstance(actual, (list, tuple)):
                 seq = list(actual)
-            elif isinstance(actual, Returned) and actual.array.ndim >= 1 and actual.array.shape[0] == len(items):
+            elif isinstance(actual, Returned):
                 # One stacked array where a tuple was asked: the parts are still the answers.
-                seq = [Returned(actual.array[i], actual.kind) for i in range(len(items))]
+                seq = stacked_parts(node, actual, path)
             if seq is None:
-                err = StructureError(f"returned {describe(actual)}; expected {_expected_form(node)}")
+                err = StructureError(f"returned {what(actual)}; expected {_expected_form(node)}")
                 for i, item in enumerate(items):
                     walk(item, err, (*path, i))
                 return
             if len(seq) != len(items):
-                err = StructureError(f"returned {describe(actual)}; expected {len(items)} items: {_names(node)}")
+                err = StructureError(f"returned {what(actual)}; expected {len(items)} items: {_names(node)}")
                 for i, item in enumerate(items):
                     walk(item, err, (*path, i))
                 return
@@ -130,7 +161,7 @@ def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Un
             return
         assert isinstance(node, DictReturn)
         if not isinstance(actual, dict):
-            err = StructureError(f"returned {describe(actual)}; expected {_expected_form(node)}")
+            err = StructureError(f"returned {what(actual)}; expected {_expected_form(node)}")
             for key, item in node.keys.items():
                 walk(item, err, (*path, key))
             return
@@ -138,29 +169,27 @@ def locate(spec: ReturnSpec, value: Any) -> dict[tuple[Union[int, str], ...], Un
             if key in actual:
                 walk(item, actual[key], (*path, key))
             else:
-                have = key_list(actual) or "none"
-                walk(item, StructureError(f"the returned dict has no key {key!r} (its keys: {have})"), (*path, key))
+                have = "" if hidden else f" (its keys: {key_list(actual) or 'none'})"
+                walk(item, StructureError(f"the returned dict has no key {key!r}{have}"), (*path, key))
 
     walk(spec, value, ())
     return found
 
 
-def _leaf_paths(node: ReturnSpec, path: tuple[Union[int, str], ...]) -> list[tuple[tuple[Union[int, str], ...], Leaf]]:
-    from grader.spec.load import iter_leaves
-
+def _leaf_paths(node: ReturnSpec, path: Path) -> list[tuple[Path, Leaf]]:
     return [((*path, *p), leaf) for p, leaf in iter_leaves(node)]
 
 
-def to_array(value: Any) -> Union[np.ndarray, str]:
+def to_array(value: Any, hidden: bool = False) -> Union[np.ndarray, str]:
     """The returned value as an array, or why it is not one (a student-facing reason)."""
     if isinstance(value, Returned):
         return value.array
     if value is None:
         return "is None (is a return statement missing?)"
     if isinstance(value, Unsupported):
-        return f"is {describe(value)}; return a NumPy array"
+        return f"is {describe(value, hidden)}; return a NumPy array"
     if isinstance(value, (str, dict)):
-        return f"is {describe(value)}, not an array"
+        return f"is {describe(value, hidden)}, not an array"
     if isinstance(value, (bool, int, float, complex)):
         return np.asarray(value)
     if isinstance(value, (list, tuple)):
@@ -168,13 +197,13 @@ def to_array(value: Any) -> Union[np.ndarray, str]:
             plain = _plainify(value)
             array = np.asarray(plain)
         except MemoryError:
-            return f"is {describe(value)} too large to turn into an array"
+            return f"is {describe(value, hidden)} too large to turn into an array"
         except (ValueError, TypeError, _NotNumeric):
-            return f"is {describe(value)} that does not form a regular numeric array"
+            return f"is {describe(value, hidden)} that does not form a regular numeric array"
         if array.dtype.kind not in "biufc":
-            return f"is {describe(value)} that does not form a regular numeric array"
+            return f"is {describe(value, hidden)} that does not form a regular numeric array"
         return array
-    return f"is {describe(value)}, not an array"
+    return f"is {describe(value, hidden)}, not an array"
 
 
 class _NotNumeric(Exception):
@@ -209,8 +238,12 @@ def check_leaf(
 
 def _check_list(label: str, expected: list[np.ndarray], actual: Any, tol: Tolerance, hidden: bool) -> Check:
     if not isinstance(actual, (list, tuple)):
-        return Check(False, f"{label} {_is(actual)}; expected a list of {len(expected)} arrays")
+        if hidden:
+            return Check(False, f"{label} is {describe(actual, True)}; expected a list of arrays, one per layer")
+        return Check(False, f"{label} is {describe(actual)}; expected a list of {len(expected)} arrays")
     if len(actual) != len(expected):
+        if hidden:
+            return Check(False, f"{label} has the wrong number of entries (one per layer is expected)")
         return Check(False, f"{label} has {len(actual)} entries; expected {len(expected)} (one per layer)")
     float32 = False
     for i, (exp, act) in enumerate(zip(expected, actual)):
@@ -221,10 +254,6 @@ def _check_list(label: str, expected: list[np.ndarray], actual: Any, tol: Tolera
     return Check(True, float32=float32)
 
 
-def _is(value: Any) -> str:
-    return f"is {describe(value)}"
-
-
 def check_array(
     label: str,
     expected: np.ndarray,
@@ -233,7 +262,7 @@ def check_array(
     hidden: bool,
     shape_names: Optional[str] = None,
 ) -> Check:
-    array = to_array(actual)
+    array = to_array(actual, hidden)
     if isinstance(array, str):
         return Check(False, f"{label} {array}")
     kind, size = array.dtype.kind, array.dtype.itemsize
@@ -245,6 +274,8 @@ def check_array(
     if kind == "f" and size < 4:
         return Check(False, f"{label} is {array.dtype}, too imprecise to check; return float64")
     if array.shape != expected.shape:
+        if hidden:
+            return Check(False, f"{label} has the wrong shape" + (f"; expected {shape_names}" if shape_names else ""))
         return Check(False, f"{label} " + _shape_message(expected.shape, array.shape, shape_names))
     values = array.astype(np.float64)
     bad = ~np.isfinite(values)
@@ -256,13 +287,14 @@ def check_array(
     rtol, atol = (tol.float32_rtol, tol.float32_atol) if float32 else (tol.rtol, tol.atol)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     err = np.abs(values - expected)
-    allowed = atol * max(scale, 1e-300) + rtol * np.abs(expected)
+    # The floor keeps an all-zero expected answer from demanding bit-exact zeros.
+    allowed = atol * max(scale, 1e-6) + rtol * np.abs(expected)
     wrong = err > allowed
     if not np.any(wrong):
         return Check(True, float32=float32)
     count, total = int(np.count_nonzero(wrong)), expected.size
     if hidden:
-        return Check(False, f"{label} has wrong values in {count} of {total} entries", float32)
+        return Check(False, f"{label} has wrong values", float32)
     worst = np.unravel_index(int(np.argmax(np.where(wrong, err, -1.0))), expected.shape) if expected.ndim else ()
     index = "" if not expected.ndim else f" at index {tuple(int(i) for i in worst)}"
     message = (

@@ -6,6 +6,7 @@ every verdict is reached here, in the trusted parent. The result is a JSON-ready
 
 from __future__ import annotations
 
+import builtins
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from grader import __version__
 from grader.compare import Check, article, check_leaf, check_unchanged, locate
 from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport
 from grader.spec.load import Assignment, Function, LeafInfo
-from grader.trials import Trial, make_trials
+from grader.spec.program import ProgramError
+from grader.trials import Trial, TrialError, make_trials
 
 MAX_SOURCE_BYTES = 1 << 20
 MAX_DETAILS = 3  # failing trials spelled out per function in the feedback text
@@ -23,6 +25,11 @@ MAX_DETAILS = 3  # failing trials spelled out per function in the feedback text
 
 class SubmissionRejected(Exception):
     """The file cannot be run at all (empty, binary, too large): graded 0 with this message."""
+
+
+class GradingError(Exception):
+    """The grader cannot grade this assignment (a spec whose trials cannot be generated):
+    a fault of the spec, never of the student, so no score is given."""
 
 
 def decode_source(data: bytes, max_bytes: int = MAX_SOURCE_BYTES) -> str:
@@ -33,6 +40,8 @@ def decode_source(data: bytes, max_bytes: int = MAX_SOURCE_BYTES) -> str:
         )
     if not data.strip():
         raise SubmissionRejected("Your file is empty. Submit the Python file with your functions.")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise SubmissionRejected("Your file is saved as UTF-16 text. Save it as UTF-8 and submit again.")
     if b"\x00" in data:
         raise SubmissionRejected(
             "Your file contains NUL bytes, so it is not Python source (a binary file, a notebook export "
@@ -57,7 +66,8 @@ class _Timer:
 
 
 def new_seed() -> int:
-    return secrets.randbits(63)
+    # 53 bits: the seed travels in JSON, and a JavaScript client must read it exactly.
+    return secrets.randbits(53)
 
 
 _default_runner: Optional[Runner] = None
@@ -94,24 +104,28 @@ def grade_bytes(
         return _result(assignment, seed, parts, [str(exc)], timer, started)
 
     t = time.perf_counter()
-    trials = {fn.name: make_trials(assignment, fn, seed) for fn in assignment.functions}
+    try:
+        trials = {fn.name: make_trials(assignment, fn, seed) for fn in assignment.functions}
+    except (TrialError, ProgramError) as exc:
+        raise GradingError(f"assignment {assignment.id} v{assignment.spec.version}, seed {seed}: {exc}") from None
     timer.add("reference_ms", t)
 
-    calls: list[Call] = []
-    for fn in assignment.functions:
-        limits = fn.limits
-        for trial in trials[fn.name]:
-            calls.append(
-                Call(fn.name, trial.args, float(limits.wall_seconds or 3), float(limits.cpu_seconds or 2), trial.hidden)
-            )
-    memory = max(int(fn.limits.memory_mb or 512) for fn in assignment.functions)
-    import_seconds = max(float(fn.limits.import_seconds or 5) for fn in assignment.functions)
-    job_seconds = max(float(fn.limits.job_seconds or 60) for fn in assignment.functions)
+    # Limits are merged with the defaults at load time, so every field is set. Per call:
+    # wall and CPU seconds; per process (the strictest need wins): memory, import, budget.
+    calls = [
+        Call(fn.name, trial.args, _limit(fn.limits.wall_seconds), _limit(fn.limits.cpu_seconds), trial.hidden)
+        for fn in assignment.functions
+        for trial in trials[fn.name]
+    ]
+    memory = max(int(_limit(fn.limits.memory_mb)) for fn in assignment.functions)
+    import_seconds = max(_limit(fn.limits.import_seconds) for fn in assignment.functions)
+    job_seconds = max(_limit(fn.limits.job_seconds) for fn in assignment.functions)
     job = Job(source, calls, memory_mb=memory, import_seconds=import_seconds, max_seconds=job_seconds)
 
     t = time.perf_counter()
     report = (runner or default_runner()).run(job)
     timer.add("run_ms", t)
+    timer.phases["runner_restarts"] = report.restarts
 
     t = time.perf_counter()
     messages: list[str] = []
@@ -131,6 +145,11 @@ def grade_bytes(
         messages.append("Your file printed while it was loaded:\n" + report.output["<import>"])
     timer.add("compare_ms", t)
     return _result(assignment, seed, parts, messages, timer, started)
+
+
+def _limit(value: Optional[float]) -> float:
+    assert value is not None, "limits are merged with DEFAULT_LIMITS when a spec is loaded"
+    return float(value)
 
 
 def _result(
@@ -169,6 +188,11 @@ def _load_message(load: LoadResult, import_seconds: float) -> str:
         )
     if load.status == "crashed":
         return f"The process running your file died while loading it ({load.detail}), so no function was run."
+    if load.status in ("protocol", "too_large"):
+        return (
+            f"While your file was loading, the grader received something it could not read ({load.detail}), "
+            "so no function was run. Does your file write to file descriptors it does not own?"
+        )
     err = load.error or {}
     kind = err.get("type", "Exception")
     line = err.get("line")
@@ -204,7 +228,7 @@ def _output_entry(info: LeafInfo, passed: bool, failed: list[int], float32: bool
     }
 
 
-def _shape_names(assignment: Assignment, fn: Function, info: LeafInfo) -> Optional[str]:
+def _shape_names(fn: Function, info: LeafInfo) -> Optional[str]:
     """The symbolic shape of an output, e.g. "(D, M)", when it is an input's gradient."""
     inp = fn.inputs.get(info.leaf.target)
     if inp is None or not isinstance(inp.shape, list) or inp.type != "array":
@@ -233,12 +257,11 @@ def _grade_function(
         problems: list[str] = []
         if res.status == "ok":
             changed = check_unchanged(fn.spec.args, trial.args, res.args_after)
-            found = locate(fn.spec.returns, res.value)
+            expected_at = {info.path: value for info, value in zip(fn.leaves, trial.expected)}
+            found = locate(fn.spec.returns, res.value, expected_at, trial.hidden)
             outcomes: dict[str, str] = {}
             for info, expected in zip(fn.leaves, trial.expected):
-                check: Check = check_leaf(
-                    info, expected, found[info.path], tol, trial.hidden, _shape_names(assignment, fn, info)
-                )
+                check: Check = check_leaf(info, expected, found[info.path], tol, trial.hidden, _shape_names(fn, info))
                 ok = check.passed and changed is None
                 outcomes[info.label] = "passed" if ok else "failed"
                 float32[info.label] = float32[info.label] or check.float32
@@ -313,10 +336,12 @@ def _trial_title(trial: Trial) -> str:
 def _trial_entry(trial: Trial, res: CallResult) -> dict[str, Any]:
     entry: dict[str, Any] = {"index": trial.index, "label": trial.label, "hidden": trial.hidden}
     if not trial.hidden:
+        # Hidden trials carry no shapes, and no timings: a submission could time its
+        # calls to spell out a hidden input.
         entry["shapes"] = {k: _jsonable_shape(v) for k, v in trial.arg_shapes.items()}
         entry["dims"] = dict(trial.dims)
-    if res.seconds is not None:
-        entry["seconds"] = round(res.seconds, 6)
+        if res.seconds is not None:
+            entry["seconds"] = round(res.seconds, 6)
     return entry
 
 
@@ -328,13 +353,30 @@ def _jsonable_shape(shape: Any) -> Any:
     return shape
 
 
+# Exception types a hidden trial may name; anything else (a class the student defined,
+# whose name they choose) is reported as "an exception".
+_BUILTIN_ERRORS = {name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)}
+
+
 def _call_problem(fn: Function, trial: Trial, res: CallResult, memory_mb: int) -> str:
     name = fn.name
     wall = fn.limits.wall_seconds
+    if trial.hidden and res.status in ("error", "crashed", "protocol", "too_large"):
+        # Tracebacks, exit codes and sizes are the student's to choose: on a hidden trial
+        # they could carry its inputs out. Say only what kind of failure it was.
+        kind = (res.error or {}).get("type", "")
+        if res.status == "error" and kind == "MemoryError":
+            return f"{name} ran out of memory (limit {memory_mb} MB) on this hidden trial."
+        if res.status == "error":
+            return f"{name} raised {kind if kind in _BUILTIN_ERRORS else 'an exception'} on this hidden trial (details of hidden trials are not shown)."
+        if res.status == "crashed":
+            return f"The process running {name} died on this hidden trial."
+        return f"{name} returned something the grader could not accept on this hidden trial."
     if res.status == "missing":
         return f"Your file does not define a function named `{name}`."
     if res.status == "not_callable":
-        return f"`{name}` in your file is {article(res.detail)} {res.detail}, not a function."
+        what = res.detail or "object"
+        return f"`{name}` in your file is {article(what)} {what}, not a function."
     if res.status == "bad_signature":
         args = ", ".join(fn.spec.args)
         return f"`{name}` cannot be called as {name}({args}): {res.detail}."
@@ -343,13 +385,15 @@ def _call_problem(fn: Function, trial: Trial, res: CallResult, memory_mb: int) -
         kind = err.get("type", "Exception")
         if kind == "MemoryError":
             return (
-                f"{name} ran out of memory (limit {memory_mb} MB) on this trial. Compute the product "
-                "directly instead of building large intermediate arrays such as a full Jacobian."
+                f"{name} ran out of memory (limit {memory_mb} MB) on this trial. Look for a very large "
+                "intermediate array, such as a full Jacobian or an outer product you do not need."
             )
         if kind == "RecursionError":
             return f"{name} recursed too deeply (RecursionError)."
         text = err.get("text", "").rstrip()
         return f"{name} raised {kind}" + (f":\n{text}" if text else "")
+    if res.status == "timeout" and res.detail == "budget":
+        return f"The submission's total time budget ({fn.limits.job_seconds:g} s) ran out during this trial of {name}."
     if res.status == "timeout":
         return f"{name} exceeded the {wall:g} s time limit on this trial and was stopped."
     if res.status == "skipped" and "total time budget" in res.detail:

@@ -84,6 +84,17 @@ FIXES = {
 }
 
 
+def minimum_landlock_abi() -> int:
+    raw = os.environ.get("GRADER_LANDLOCK_MIN_ABI", "1")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SandboxUnavailable(f"GRADER_LANDLOCK_MIN_ABI must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise SandboxUnavailable("GRADER_LANDLOCK_MIN_ABI must be at least 1")
+    return value
+
+
 def required_layers() -> tuple[str, ...]:
     raw = os.environ.get("GRADER_SANDBOX_REQUIRE")
     if raw is None:
@@ -103,19 +114,23 @@ def probe_host() -> Probe:
         result.layers["userns"] = (False, "not tested without bwrap")
     else:
         result.layers["bwrap"] = (True, bwrap)
-        proc = subprocess.run(
-            [bwrap, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--die-with-parent",
-             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-             "--symlink", "usr/lib64", "/lib64", "/usr/bin/true"],
-            env={}, capture_output=True, text=True, timeout=30,
-        )
-        if proc.returncode == 0:
+        try:
+            proc = subprocess.run(
+                [bwrap, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--die-with-parent",
+                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                 "--symlink", "usr/lib64", "/lib64", "/usr/bin/true"],
+                env={}, capture_output=True, text=True, timeout=30,
+            )
+            ok, detail = proc.returncode == 0, proc.stderr.strip()[:200]
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            ok, detail = False, str(exc)
+        if ok:
             result.layers["userns"] = (True, "bwrap can create user, PID, network and mount namespaces")
         else:
-            result.layers["userns"] = (False, f"bwrap failed: {proc.stderr.strip()[:200]}")
+            result.layers["userns"] = (False, f"bwrap failed: {detail}")
     abi = confine.landlock_abi()
     result.landlock_abi = abi
-    minimum = int(os.environ.get("GRADER_LANDLOCK_MIN_ABI", "1"))
+    minimum = minimum_landlock_abi()
     if abi >= minimum:
         result.layers["landlock"] = (True, f"ABI {abi}" + ("" if abi >= 6 else " (no signal scoping; seccomp covers it)"))
     else:
@@ -292,24 +307,30 @@ class _Zygote:
         config = {
             "scratch_root": SCRATCH_ROOT,
             "read_only": read_only,
-            "minimum_landlock_abi": int(os.environ.get("GRADER_LANDLOCK_MIN_ABI", "1")),
+            "minimum_landlock_abi": minimum_landlock_abi(),
         }
         cmd = bwrap_command(bwrap, child_sock.fileno(), config)
         if self.cgroup is not None:
             # Join the cgroup before exec, so bwrap and everything under it is inside.
             joins = " && ".join(f'echo $$ > "{p}"' for p in self.cgroup.procs_files())
             cmd = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *cmd]
-        self.proc = subprocess.Popen(
-            cmd, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(child_sock.fileno(),), start_new_session=True,
-        )
-        child_sock.close()
+        try:
+            self.proc = subprocess.Popen(
+                cmd, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                pass_fds=(child_sock.fileno(),), start_new_session=True,
+            )
+        except OSError as exc:
+            parent_sock.close()
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            raise SandboxFailure(f"cannot start bwrap: {exc}") from None
+        finally:
+            child_sock.close()
         ready = self.receive(START_TIMEOUT, want="ready")
         if ready is None:
             err = self._stderr()
             self.stop()
             raise SandboxFailure(f"the sandbox did not start: {err or 'no ready message'}")
-        self.pid = ready[0].get("pid")
         self.next_id = 0
         self.outstanding: set[int] = set()  # children whose exit has not been reported yet
 
@@ -390,6 +411,13 @@ class _Zygote:
         except subprocess.TimeoutExpired:
             pass
         if self.proc.stderr:
+            os.set_blocking(self.proc.stderr.fileno(), False)
+            try:
+                said = (self.proc.stderr.read(4096) or b"").decode("utf-8", "replace").strip()
+            except OSError:
+                said = ""
+            if said:
+                log.warning("sandbox zygote said: %s", said[-1000:])
             self.proc.stderr.close()
         if self.cgroup is not None:
             self.cgroup.remove()
@@ -444,6 +472,18 @@ class _ZygoteChild:
                 pass
 
 
+class _Holder:
+    """The runner's zygote, kept apart so a finalizer can stop it without the runner."""
+
+    def __init__(self) -> None:
+        self.zygote: Optional[_Zygote] = None
+
+    def discard(self) -> None:
+        if self.zygote is not None:
+            self.zygote.stop()
+            self.zygote = None
+
+
 class SandboxRunner:
     """The production runner. One zygote per runner (per worker process); restarted when it
     dies or misbehaves. Construction probes the host and fails closed."""
@@ -460,34 +500,41 @@ class SandboxRunner:
             )
         self.memory_mb = memory_mb
         self.use_cgroup = self.probe.ok("cgroup")
-        self._zygote: Optional[_Zygote] = None
-        # A runner dropped without close() must not leave bwrap or a cgroup behind.
-        self._finalizer = weakref.finalize(self, SandboxRunner._stop_zygote, self)
+        self._holder = _Holder()
+        # A runner dropped without close() must not leave bwrap or a cgroup behind. The
+        # finalizer holds only the holder: holding the runner would keep it alive forever.
+        weakref.finalize(self, self._holder.discard)
 
-    @staticmethod
-    def _stop_zygote(runner: "SandboxRunner") -> None:
-        runner._discard()
+    @property
+    def _zygote(self) -> Optional[_Zygote]:
+        return self._holder.zygote
 
-    def _ensure(self) -> _Zygote:
-        if self._zygote is None or not self._zygote.alive():
-            if self._zygote is not None:
+    def _ensure(self, memory_mb: int) -> _Zygote:
+        if memory_mb > self.memory_mb:
+            # The cgroup around the zygote is sized for one child's limit; a spec that
+            # allows more needs a bigger one, or the OOM killer would beat MemoryError.
+            self.memory_mb = memory_mb
+            self._discard()
+        zygote = self._holder.zygote
+        if zygote is None or not zygote.alive():
+            if zygote is not None:
                 log.warning("sandbox zygote died; restarting")
-                self._zygote.stop()
-            self._zygote = _Zygote(self.memory_mb, self.probe, self.use_cgroup)
-        return self._zygote
+                zygote.stop()
+            zygote = self._holder.zygote = _Zygote(self.memory_mb, self.probe, self.use_cgroup)
+        return zygote
 
     def run(self, job: Job) -> RunReport:
         # One retry on a fresh zygote: a zygote retires (or dies) after a job that left its
         # scratch unusable, and the next, innocent submission must not pay for that.
         for attempt in (1, 2):
-            zygote = self._ensure()
+            zygote = self._ensure(job.memory_mb)
             # The previous child may still be exiting; waiting for that would put its
             # teardown on this submission's critical path. More than one unreported exit
             # is a fault.
             if len(zygote.outstanding) > 1 and not zygote.settle(5.0):
                 log.warning("sandbox zygote did not report earlier children's exits; restarting it")
                 self._discard()
-                zygote = self._ensure()
+                zygote = self._ensure(job.memory_mb)
             try:
                 return run_job(job, lambda: _ZygoteChild(zygote))
             except SandboxFailure as exc:
@@ -498,9 +545,7 @@ class SandboxRunner:
         raise AssertionError("unreachable")
 
     def _discard(self) -> None:
-        if self._zygote is not None:
-            self._zygote.stop()
-            self._zygote = None
+        self._holder.discard()
 
     def close(self) -> None:
         if self._zygote is not None:
@@ -519,11 +564,11 @@ class InsecureSubprocessRunner(SubprocessRunner):
         print("WARNING: grading WITHOUT a sandbox (GRADER_SANDBOX=insecure-subprocess)", file=sys.stderr)
 
 
-def make_runner(memory_mb: int = 512) -> Any:
+def make_runner() -> Any:
     """The runner the configuration asks for; raises SandboxUnavailable rather than degrade."""
     mode = os.environ.get("GRADER_SANDBOX", "bwrap")
     if mode == "bwrap":
-        return SandboxRunner(memory_mb)
+        return SandboxRunner()
     if mode == "insecure-subprocess":
         return InsecureSubprocessRunner()
     raise SandboxUnavailable(f"GRADER_SANDBOX={mode!r} is not a sandbox mode (use 'bwrap' or 'insecure-subprocess')")

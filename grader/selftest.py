@@ -45,7 +45,9 @@ def self_test(
     for fn in assignment.functions:
         _check_function(assignment, fn, seeds, report)
     _check_starter(assignment, report)
-    if solution is not None:
+    if solution is not None and report.problems:
+        report.notes.append("reference solution not graded: the spec has problems to fix first")
+    elif solution is not None:
         result = grade_bytes(assignment, solution, seed=seeds[0], runner=runner)
         if result["score"] < result["max_score"]:
             report.problems.append(
@@ -73,18 +75,29 @@ def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...]
     if not visible:
         report.warnings.append(f"{fn.name}: every trial is hidden, so students never see a failing input")
     tol = assignment.spec.tolerance
-    for trial in trials:
-        for info, expected in zip(fn.leaves, trial.expected):
-            as_returned: Any = [Returned(e, "array") for e in expected] if isinstance(expected, list) else Returned(expected, "array")
-            if not check_leaf(info, expected, as_returned, tol, False).passed:
-                report.problems.append(f"{fn.name}: the expected {info.label} fails its own comparison")
+    failing = sorted({
+        info.label
+        for trial in trials
+        for info, expected in zip(fn.leaves, trial.expected)
+        if not check_leaf(info, expected, _as_returned(expected), tol, False).passed
+    })
+    for label in failing:
+        report.problems.append(f"{fn.name}: the expected {label} fails its own comparison")
     rng = np.random.default_rng(0)
     checked = 0
-    for trial in trials[: len(seeds) * 2]:
+    per_seed = len(trials) // len(seeds)
+    sample = [t for k in range(len(seeds)) for t in trials[k * per_seed : k * per_seed + 2]]  # two per seed
+    for trial in sample:
         if sum(np.size(v) for v in trial.inputs.values() if isinstance(v, np.ndarray)) > 5000:
             continue  # finite differences on the large trials would be slow and say nothing more
         checked += _fd_check(fn, trial, rng, report)
     report.notes.append(f"{fn.name}: {len(trials)} trials over {len(seeds)} seeds; {checked} gradient entries match finite differences")
+
+
+def _as_returned(expected: Any) -> Any:
+    if isinstance(expected, list):
+        return [Returned(e, "array") for e in expected]
+    return Returned(expected, "array")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -30,7 +30,7 @@ class Trial:
     index: int
     label: str
     hidden: bool
-    dims: dict[str, int]  # every dimension drawn, incl. shape variables (as S0, S1, ...) and layer sizes
+    dims: dict[str, int]  # the named dimensions drawn (shape variables and layer sizes are in shapes/layers)
     args: list[Any]  # what the student's function receives, in argument order
     expected: list[Any]  # one per graded output (LeafInfo order): ndarray or list of ndarrays
     arg_shapes: dict[str, Any] = field(default_factory=dict)

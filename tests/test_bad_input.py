@@ -747,3 +747,60 @@ def test_self_referential_list_is_too_complex_not_a_timeout():
             return loop
     """)
     assert_only_broken(grade(src), "relu_backward", "nested too deeply")
+
+
+def test_hidden_trials_cannot_be_used_to_smuggle_their_inputs_out():
+    # Each channel a submission controls: exception text, shapes, dict keys, exit codes, timing.
+    src = source(
+        relu_backward="""
+        def relu_backward(dout, x):
+            if x.size > 1000:  # only the large hidden trial
+                raise ValueError("leak:" + repr(x.shape) + repr(float(x.flat[0])))
+            return dout * (x > 0)
+        """,
+        matmul_backward="""
+        def matmul_backward(dout, x, W):
+            if x.shape[0] > 100:
+                return {"leak%d" % x.shape[0]: 1}
+            return dout @ W.T, x.T @ dout
+        """,
+        affine_backward="""
+        def affine_backward(dout, x, W, b):
+            if x.shape[0] > 100:
+                import os, time
+                time.sleep(x.shape[1] / 1000)
+                os._exit(x.shape[0] % 200)
+            return dout @ W.T, x.T @ dout, dout.sum(axis=0)
+        """,
+    )
+    result = grade(src)
+    text = json.dumps(result)
+    for leaked in ("leak", "320", "480", "256", "384"):
+        assert leaked not in text, leaked
+    for p in result["parts"]:
+        for t in p["trials"]:
+            if t["hidden"]:
+                assert set(t) <= {"index", "label", "hidden", "status", "messages", "outputs"}
+    relu = part(result, "relu_backward")
+    assert "raised ValueError on this hidden trial" in text_of(relu)
+    assert "died on this hidden trial" in text_of(part(result, "affine_backward"))
+    assert "exited with status" not in text
+
+
+def test_import_output_is_shown_once_even_when_the_child_is_restarted():
+    src = source(
+        prelude='print("hello from import")',
+        relu_backward="""
+        def relu_backward(dout, x):
+            import os
+            os._exit(3)
+        """,
+    )
+    result = grade(src)
+    shown = "\n".join(result["messages"])
+    assert shown.count("hello from import") == 1
+
+
+def test_utf16_files_are_told_to_use_utf8():
+    result = grade_bytes(A, "def relu_backward(dout, x):\n    return dout\n".encode("utf-16"), seed=SEED)
+    assert result["score"] == 0 and "UTF-16" in result["messages"][0]

@@ -104,3 +104,20 @@ def test_assignments_check_ok_and_bad(tmp_path: Path) -> None:
     proc = grader("assignments", "check", str(folder))
     assert proc.returncode == 1
     assert "affine_backward" in proc.stderr and "'V'" in proc.stderr
+
+
+def test_a_spec_whose_trials_cannot_be_made_is_a_grading_error(tmp_path: Path) -> None:
+    import yaml
+
+    folder = tmp_path / "probe"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "probe", folder)
+    spec = yaml.safe_load((folder / "spec.yaml").read_text())
+    spec["functions"][0]["constraints"] = [{"expr": "2 * x", "away_from": 0, "margin": 100.0}]
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    submission = tmp_path / "s.py"
+    submission.write_text("def double(x):\n    return 2 * x\n")
+    proc = grader("grade", str(folder), str(submission), "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "cannot grade" in proc.stderr and "constraint" in proc.stderr and "Traceback" not in proc.stderr
+    check = grader("assignments", "check", str(folder), "--solution", str(submission))
+    assert check.returncode == 1 and "still fails" in check.stdout and "Traceback" not in check.stderr

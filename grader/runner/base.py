@@ -8,22 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-CALL_STATUSES = (
-    "ok",  # returned; `value` and `args_after` are decoded data
-    "error",  # raised; `error` has the student's traceback
-    "missing",  # no such name in the module
-    "not_callable",
-    "bad_signature",  # cannot take the assignment's arguments; `detail` says why
-    "timeout",  # killed at the wall-clock deadline
-    "crashed",  # the process died (segfault, os._exit, a signal, a CPU or memory limit)
-    "too_large",  # the result exceeded the size cap
-    "too_complex",  # the result nested too deeply or had too many parts
-    "protocol",  # the child sent something malformed (e.g. the student wrote to the result fd)
-    "skipped",  # not run: an earlier trial of the same function timed out or crashed
-    "not_loaded",  # not run: the file could not be loaded
-)
-
-
 @dataclass
 class Call:
     function: str
@@ -46,6 +30,14 @@ class Job:
 
 @dataclass
 class CallResult:
+    """How one call ended. `status` is one of:
+    ok (`value`, `args_after` decoded), error (`error` has the student's traceback),
+    missing, not_callable, bad_signature (`detail` says why), timeout (`detail` "budget"
+    when the submission's total budget ran out), crashed (the process died: a signal,
+    os._exit, a CPU limit), too_large, too_complex, protocol (the child sent something
+    malformed), skipped (an earlier trial of the function timed out, crashed or sent
+    garbage, or the budget ran out), not_loaded (a restarted child failed to load)."""
+
     status: str
     value: Any = None
     args_after: Any = None
@@ -56,10 +48,9 @@ class CallResult:
 
 @dataclass
 class LoadResult:
-    status: str  # "ok", "error" (incl. syntax errors), "timeout", "crashed"
+    status: str  # "ok", "error" (incl. syntax errors), "timeout", "crashed", "protocol", "too_large"
     error: Optional[dict[str, Any]] = None
     detail: str = ""
-    seconds: Optional[float] = None
 
 
 @dataclass

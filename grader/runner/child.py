@@ -1,8 +1,8 @@
 """The program that runs a student's file: standalone, standard library and NumPy only.
 
-It is started fresh for each submission (or forked from a sandbox zygote), reads one job
-from stdin, runs every requested call and writes one framed message per call to the
-result fd. It imports nothing from the grader, so a sandbox need not expose the grader's
+It is started fresh for each submission (reading its job from stdin), or forked from the
+sandbox zygote (reading it from a pipe); it runs every requested call and writes one
+framed message per call to the result fd. It imports nothing from the grader, so a sandbox need not expose the grader's
 code, and it decides nothing: the trusted parent parses what it sends and does all the
 comparing and scoring. Anything it reports could have been forged by the student's code,
 which is fine, because a forged report can say no more than the student's own return
@@ -388,8 +388,7 @@ def main():
     if job is None:
         return 2
     header, blobs = job
-    limits = header.get("limits", {})
-    confine.set_rlimits(limits.get("memory_mb"), limits.get("cpu_seconds_total"), limits.get("file_bytes", 16 << 20))
+    confine.set_rlimits_for(header.get("limits", {}))
     return serve(header, blobs, result_fd)
 
 

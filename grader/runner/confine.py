@@ -61,6 +61,11 @@ def landlock_abi():
     return abi if abi > 0 else 0
 
 
+def set_rlimits_for(limits):
+    """The rlimits a job asks for (memory, total CPU seconds)."""
+    set_rlimits(limits.get("memory_mb"), limits.get("cpu_seconds_total"))
+
+
 def set_rlimits(memory_mb, cpu_seconds, file_bytes=16 << 20, open_files=64):
     if memory_mb:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
@@ -258,10 +263,3 @@ def seccomp_filter(own_pid):
         raise ConfinementError("prctl(PR_SET_SECCOMP) failed: " + os.strerror(ctypes.get_errno()))
 
 
-def confine(limits, read_only, read_write, minimum_landlock_abi=1):
-    """Everything, in order. Raises ConfinementError; the caller must then not run student code."""
-    set_rlimits(limits.get("memory_mb"), limits.get("cpu_seconds_total"), limits.get("file_bytes", 16 << 20))
-    no_new_privs()
-    abi = landlock(read_only, read_write, minimum_landlock_abi)
-    seccomp_filter(os.getpid())
-    return abi

@@ -108,6 +108,7 @@ class FrameReader:
 
     @property
     def pending(self) -> int:
+        """Bytes of an incomplete frame waiting for more data."""
         return len(self.buffer) - self.start
 
 
@@ -231,7 +232,7 @@ class Decoder:
             return _decode(skel, self, 0)
         except ProtocolError:
             raise
-        except (ValueError, TypeError, OverflowError, KeyError, RecursionError, MemoryError) as exc:
+        except (ValueError, TypeError, OverflowError, KeyError, RecursionError, MemoryError, struct.error) as exc:
             raise ProtocolError(f"malformed value ({type(exc).__name__})") from None
 
     def finish(self) -> None:

@@ -61,6 +61,12 @@ class OutputCapture:
         if lost:
             self.dropped[key] = self.dropped.get(key, 0) + lost
 
+    def without_import(self) -> "OutputCapture":
+        """This capture, except that output printed while loading the file is ignored."""
+        view = _NoImport.__new__(_NoImport)
+        view.__dict__ = self.__dict__
+        return view
+
     def texts(self) -> dict[str, str]:
         out = {}
         for key in set(self.kept) | self.hidden:
@@ -74,6 +80,12 @@ class OutputCapture:
             if text:
                 out[key] = text
         return out
+
+
+class _NoImport(OutputCapture):
+    def add(self, key: str, data: "bytes | str", dropped: int = 0) -> None:
+        if key != "<import>":
+            super().add(key, data, dropped)
 
 
 def run_job(job: Job, launch: Launch) -> RunReport:
@@ -90,7 +102,8 @@ def run_job(job: Job, launch: Launch) -> RunReport:
             for i in pending:
                 results[i] = CallResult("skipped", detail=f"the submission's total time budget ({job.max_seconds:g} s)")
             break
-        session = _Session(job, pending, capture, results, job_deadline)
+        # A restarted child loads the file again; what that prints was shown the first time.
+        session = _Session(job, pending, capture if sessions == 1 else capture.without_import(), results, job_deadline)
         session.run(launch())
         assert session.load is not None
         if load is None:
@@ -125,19 +138,15 @@ class _Session:
         self.results = results
         self.load: Optional[LoadResult] = None
         self.stopped_at: Optional[int] = None  # the call this child died on
-        self.done = False
 
     def limits(self) -> dict[str, Any]:
         cpu_total = sum(self.job.calls[i].cpu_seconds for i in self.pending) + self.job.import_seconds
         return {"memory_mb": self.job.memory_mb, "cpu_seconds_total": cpu_total, "output_bytes": self.job.max_output_bytes}
 
     def run(self, child: ChildHandle) -> None:
-        calls = [(i, self.job.calls[i].function, self.job.calls[i].args) for i in self.pending]
-        payload = encode_job(self.job.source, calls, self.limits())
         try:
-            self._loop(child, payload)
-            if not self.done and self.load is not None and self.load.status == "ok" and not self.pending:
-                self.done = True
+            calls = [(i, self.job.calls[i].function, self.job.calls[i].args) for i in self.pending]
+            self._loop(child, encode_job(self.job.source, calls, self.limits()))
         finally:
             child.kill()
             child.close()
@@ -164,9 +173,8 @@ class _Session:
             os.set_blocking(fd, False)
         # A sandbox child first reports that it is confined; only then does it get its job,
         # so a "confinement_failed" report can only come from the harness, never a student.
-        job_registered = not child.reports_confinement
         self.awaiting_confinement = child.reports_confinement
-        if job_registered:
+        if not self.awaiting_confinement:
             sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
         sel.register(child.result_fd, selectors.EVENT_READ, "result")
         for fd in child.diagnostic_fds:
@@ -179,7 +187,7 @@ class _Session:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     child.kill()
-                    self._fail("timeout")
+                    self._fail("timeout", "budget" if time.monotonic() >= self.job_deadline else "")
                     return
                 for key, _ in sel.select(timeout):
                     if key.data == "job":
@@ -224,9 +232,8 @@ class _Session:
                             return
                         if over:
                             return
-                        if header.get("kind") == "confined" and not job_registered:
+                        if header.get("kind") == "confined" and child.job_fd not in sel.get_map():
                             sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
-                            job_registered = True
                         deadline = self._deadline_after(time.monotonic())
                     if reader.error is not None:
                         child.kill()
@@ -259,14 +266,13 @@ class _Session:
                 self._fail("protocol", "expected the load report first")
                 return True
             if header.get("ok") is True:
-                self.load = LoadResult("ok", seconds=_seconds(header))
+                self.load = LoadResult("ok")
                 return not self.pending
             self.load = LoadResult("error", error=error_of(header))
             return True
         if kind == "done":
             if self.pending:
                 self._fail("protocol", "the child stopped before running every call")
-            self.done = True
             return True
         current = self._current()
         if kind != "call" or header.get("index") != current or current is None:
@@ -279,7 +285,7 @@ class _Session:
     def _fail(self, status: str, detail: str = "") -> None:
         """The child is beyond use: blame the load or the running call."""
         if self.load is None:
-            self.load = LoadResult(status if status in ("timeout", "crashed") else "crashed", detail=detail)
+            self.load = LoadResult(status, detail=detail)
             return
         current = self._current()
         if current is None:

@@ -50,6 +50,7 @@ class _Process:
         job_r, self.job_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
         err_r, err_w = os.pipe()
+        self.diagnostic_fds = [err_r]
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-u", str(CHILD), str(result_w)],
@@ -61,11 +62,14 @@ class _Process:
                 env=CHILD_ENV,
                 start_new_session=True,
             )
+        except OSError:
+            for fd in (self.job_fd, self.result_fd, err_r):
+                os.close(fd)
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
         finally:
             for fd in (job_r, result_w, err_w):
                 os.close(fd)
-        self.diagnostic_fds = [err_r]
-        self._ended: Optional[str] = None
 
     def kill(self) -> None:
         """SIGKILL the child and anything it started in its session."""

@@ -94,7 +94,6 @@ class Zygote:
     def make_spare(self):
         self.serial += 1
         scratch = os.path.join(self.config["scratch_root"], "job-%d" % self.serial)
-        shutil.rmtree(scratch, ignore_errors=True)
         os.mkdir(scratch, 0o700)
         job_r, job_w = os.pipe()
         result_r, result_w = os.pipe()
@@ -117,7 +116,7 @@ class Zygote:
         self.spare = (pid, job_w, result_r)
 
     def run(self, job_id):
-        if self.spare is None or self.spare[0] not in self.children:
+        if self.spare is None:
             self.make_spare()
         pid, job_w, result_r = self.spare
         self.spare = None
@@ -149,9 +148,9 @@ class Zygote:
                 remove_tree(scratch)  # nothing a child wrote outlives it
                 check_scratch(self.config["scratch_root"])
             if self.spare is not None and self.spare[0] == pid:
-                os.close(self.spare[1])
-                os.close(self.spare[2])
-                self.spare = None
+                # A spare dies unused only if it could not confine itself: forking more
+                # would fail the same way, so stop and let the parent report it.
+                raise Retire("a spare child exited before use (status %d)" % status)
             send(self.ctl, {"op": "exited", "id": job_id, "status": status})
             if self.spare is None and not any(owner is not None for owner, _ in self.children.values()):
                 self.make_spare()
@@ -184,6 +183,9 @@ class Zygote:
                 self.kill(message.get("id"))
             elif op == "ping":
                 send(self.ctl, {"op": "pong", "children": len(self.children)})
+        self.kill_all()
+
+    def kill_all(self):
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -230,8 +232,11 @@ def run_child(job_fd, result_fd, scratch, config):
     if job is None:
         return 2
     header, blobs = job
-    limits = header.get("limits", {})
-    confine.set_rlimits(limits.get("memory_mb"), limits.get("cpu_seconds_total"), limits.get("file_bytes", 16 << 20))
+    try:
+        confine.set_rlimits_for(header.get("limits", {}))
+    except Exception as exc:  # fail closed, and visibly: the parent treats this as a sandbox fault
+        child.write_frame(result_fd, {"kind": "confinement_failed", "detail": "rlimits: %s" % exc}, [])
+        return 3
     return child.serve(header, blobs, result_fd, output)
 
 
@@ -242,11 +247,7 @@ def main():
         zygote.loop()
     except Exception as exc:  # Retire, or anything unexpected: never serve in doubt
         sys.stderr.write("zygote retiring: %s\n" % exc)
-        for pid in list(zygote.children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        zygote.kill_all()
         os._exit(1)
 
 

@@ -265,7 +265,7 @@ def _resolve(spec: AssignmentSpec, fn: FunctionSpec, index: int) -> Function:
         if leaf.target not in defined:
             raise SpecError(f"returns: {leaf.target!r} is neither an input nor computed by forward")
         if leaf.target in inputs and inputs[leaf.target].type == "int":
-            raise SpecError(f"returns: {leaf.target!r} is an integer input and has no gradient")
+            raise SpecError(f"returns: {leaf.target!r} is an integer input; it cannot be graded as a gradient or a value")
         if leaf.grad and not fn.upstream and fn.objective is None:
             raise SpecError("returns asks for gradients, so give `upstream` or `objective`")
         leaves.append(LeafInfo(path, leaf, 0.0))
@@ -317,7 +317,8 @@ def _check_input(spec: AssignmentSpec, name: str, inp: InputSpec, dims: dict[str
 
     if isinstance(inp.shape, str):
         if inp.shape not in spec.shapes:
-            raise SpecError(f"inputs.{name}.shape: {inp.shape!r} is not a declared shape (shapes: ...)")
+            known = ", ".join(spec.shapes) or "none declared"
+            raise SpecError(f"inputs.{name}.shape: {inp.shape!r} is not a declared shape (shapes: {known})")
     elif inp.shape is not None:
         for ref in inp.shape:
             if not known(ref, inp.type == "layers"):

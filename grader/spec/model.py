@@ -8,7 +8,6 @@ down. See `assignments/README.md` for the format with examples.
 from __future__ import annotations
 
 import ast
-import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
@@ -217,7 +216,7 @@ class Constraint(Strict):
 
 
 class Limits(Strict):
-    cpu_seconds: Optional[PositiveFloat] = None  # per call of a student function
+    cpu_seconds: Optional[PositiveFloat] = None  # per call, summed into one CPU rlimit per child process
     wall_seconds: Optional[PositiveFloat] = None  # per call, enforced from outside
     memory_mb: Optional[PositiveInt] = None  # address space of the process
     import_seconds: Optional[PositiveFloat] = None  # running the file's top level
@@ -333,4 +332,3 @@ class AssignmentSpec(Strict):
 
 
 LAYER_DIMS = ("n_in", "n_out", "n_first", "n_last")
-_DIM_NAME = re.compile(IDENT)
