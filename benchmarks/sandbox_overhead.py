@@ -6,7 +6,10 @@ For a correct submission of each built-in assignment with all of its trials (the
 each time, run back to back), prints the median wall-clock milliseconds of:
   in-process   exec the file and call every function in the grader's own process (the
                unsafe floor: no isolation at all)
-  sandbox      SandboxRunner: fork a confined child from the bubblewrap zygote
+  sandbox      SandboxRunner, jobs back to back (the zygote's next spare child is forked
+               while the next job already waits: the worst case)
+  paced        SandboxRunner with --gap-ms (default 5) between jobs, as in a worker, where
+               comparing results and writing them takes that long (the gap is not counted)
   fresh        SubprocessRunner: a fresh interpreter (python + NumPy import) per submission
 and the ratios. Target on a 2-core machine: the sandbox adds at most 10 ms per submission
 over in-process and is at least 15x cheaper than a fresh interpreter.
@@ -49,9 +52,10 @@ def in_process(job: Job) -> None:
         namespace[call.function](*copy.deepcopy(call.args))
 
 
-def timed(fn, runs: int) -> list[float]:
+def timed(fn, runs: int, gap: float = 0.0) -> list[float]:
     samples = []
     for _ in range(runs):
+        time.sleep(gap)
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1000)
@@ -62,10 +66,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--assignment", nargs="*", default=sorted(SOLUTIONS), choices=sorted(SOLUTIONS))
+    parser.add_argument("--gap-ms", type=float, default=5.0)
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"median of {args.runs} runs (fresh: {max(5, args.runs // 4)}); milliseconds per submission\n")
-    print(f"{'job':<6} {'calls':>5} {'in-process':>11} {'sandbox':>9} {'p90':>7} {'fresh':>8} {'added':>7} {'fresh/sandbox':>14}")
+    print(
+        f"{'job':<6} {'calls':>5} {'in-process':>11} {'sandbox':>9} {'p90':>7} {'paced':>7} {'fresh':>8} "
+        f"{'added':>7} {'fresh/sandbox':>14} {'fresh/paced':>12}"
+    )
     sandbox = SandboxRunner()
     fresh = SubprocessRunner()
     try:
@@ -77,6 +85,7 @@ def main() -> None:
             results = {
                 "in-process": timed(lambda: in_process(job), args.runs),
                 "sandbox": timed(lambda: sandbox.run(job), args.runs),
+                "paced": timed(lambda: sandbox.run(job), args.runs, args.gap_ms / 1000),
                 "fresh": timed(lambda: fresh.run(job), max(5, args.runs // 4)),
             }
             med = {k: statistics.median(v) for k, v in results.items()}
@@ -84,7 +93,8 @@ def main() -> None:
             p90 = spread[int(0.9 * (len(spread) - 1))]
             print(
                 f"{assignment_id:<6} {len(job.calls):>5} {med['in-process']:>9.2f}   {med['sandbox']:>7.2f}  {p90:>6.2f} "
-                f"{med['fresh']:>8.2f} {med['sandbox'] - med['in-process']:>7.2f} {med['fresh'] / med['sandbox']:>13.1f}x"
+                f"{med['paced']:>7.2f} {med['fresh']:>8.2f} {med['sandbox'] - med['in-process']:>7.2f} "
+                f"{med['fresh'] / med['sandbox']:>13.1f}x {med['fresh'] / med['paced']:>11.1f}x"
             )
     finally:
         sandbox.close()
