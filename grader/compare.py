@@ -17,6 +17,7 @@ import numpy as np
 from grader.runner.protocol import Returned, Unchanged, Unsupported
 from grader.spec.load import LeafInfo, iter_leaves
 from grader.spec.model import DictReturn, Leaf, ReturnSpec, SeqReturn, Tolerance
+from grader.trials import fmt_shape
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,6 @@ def describe(value: Any, hidden: bool = False) -> str:
     if isinstance(value, dict):
         return f"a dict with keys {key_list(value)}" if value else "an empty dict"
     return type(value).__name__
-
-
-def fmt_shape(shape: tuple[int, ...]) -> str:
-    if len(shape) == 1:
-        return f"({shape[0]},)"
-    return "(" + ", ".join(str(n) for n in shape) + ")"
 
 
 def _names(spec: ReturnSpec) -> str:

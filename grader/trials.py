@@ -49,11 +49,12 @@ class Trial:
             elif shape is None:
                 parts.append(f"{name}: scalar")
             else:
-                parts.append(f"{name} {_fmt_shape(shape)}")
+                parts.append(f"{name} {fmt_shape(shape)}")
         return ", ".join(parts)
 
 
-def _fmt_shape(shape: tuple[int, ...]) -> str:
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    """A shape as Python writes a tuple: (3,), (2, 5), ()."""
     if len(shape) == 1:
         return f"({shape[0]},)"
     return "(" + ", ".join(str(n) for n in shape) + ")"
@@ -286,8 +287,8 @@ def _to_env(values: dict[str, Any], dims: dict[str, int]) -> dict[str, Any]:
 
 
 def _violated(fn: Function, env: dict[str, Any]) -> Optional[str]:
-    for constraint in fn.spec.constraints:
-        value = fn.program.evaluate(constraint.parsed(), env)
+    for constraint, expr in zip(fn.spec.constraints, fn.constraint_exprs):
+        value = fn.program.evaluate(expr, env)
         array = value.value if isinstance(value, Tensor) else np.asarray(value, dtype=np.float64)
         if np.any(np.abs(array - constraint.away_from) < constraint.margin):
             return f"|{constraint.expr} - {constraint.away_from:g}| >= {constraint.margin:g}"

@@ -85,6 +85,7 @@ class Function:
     trials: Trials
     limits: Limits
     repairs: list[Repair] = field(default_factory=list)
+    constraint_exprs: list[ast.expr] = field(default_factory=list)  # parsed once, evaluated per trial
 
     @property
     def name(self) -> str:
@@ -283,7 +284,7 @@ def _resolve(spec: AssignmentSpec, fn: FunctionSpec, index: int) -> Function:
         target, other = _repair_target(expr, inputs)
         if target is not None:
             repairs.append(Repair(target, other, constraint.away_from, constraint.margin))
-    return Function(fn, index, program, inputs, dims, leaves, trials, limits, repairs)
+    return Function(fn, index, program, inputs, dims, leaves, trials, limits, repairs, constraint_exprs)
 
 
 def _repair_target(expr: ast.expr, inputs: dict[str, InputSpec]) -> tuple[Union[str, None], Union[str, None]]:
