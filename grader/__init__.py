@@ -1,3 +1,3 @@
-"""backprop-grader: grading core (engine, specs, trials, comparison) and, later, the service around it."""
+"""backprop-grader: grading core (engine, specs, trials, comparison) and the service around it (web app, store, worker)."""
 
 __version__ = "0.1.0"

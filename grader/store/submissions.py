@@ -1,0 +1,276 @@
+"""A submission's life: stored, claimed under a lease, graded (or failed), regraded.
+
+Every state change is a conditional UPDATE, so two deliveries of the same message, a
+worker that lost its lease, or a regrade racing a grading can never score a row twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from grader.grade import MAX_SOURCE_BYTES, new_seed
+from grader.policy import LatePolicy, NotAccepted, check_accepting, effective_due
+from grader.store.db import utcnow
+from grader.store.models import Assignment, Extension, Submission, User
+
+log = logging.getLogger("grader.submissions")
+
+# A worker must finish within its lease; the job budget in a spec is 60 s by default and the
+# Celery hard limit sits below this, so a live worker never loses its lease mid-grading.
+LEASE_SECONDS = 300
+# Grading attempts before a submission is given up on (status "error"): a row that kills
+# its worker every time must not loop forever.
+MAX_ATTEMPTS = 3
+
+
+def log_event(event: str, submission_id: int, **fields: Any) -> None:
+    """One structured line per state change (ids and timings), for operators at a deadline."""
+    extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    log.info("submission=%s event=%s %s", submission_id, event, extra)
+
+
+def policy_for(session: Session, assignment: Assignment, user_id: int) -> LatePolicy:
+    ext = session.scalar(
+        select(Extension.due_at).where(Extension.assignment_id == assignment.id, Extension.user_id == user_id)
+    )
+    return LatePolicy(
+        due_at=effective_due(assignment.due_at, ext),
+        penalty_per_day=assignment.late_penalty_per_day,
+        cutoff_days=assignment.late_cutoff_days,
+    )
+
+
+def used_submissions(session: Session, assignment_id: int, user_id: int) -> int:
+    return session.scalar(
+        select(func.count(Submission.id)).where(
+            Submission.assignment_id == assignment_id, Submission.user_id == user_id
+        )
+    ) or 0
+
+
+def create_submission(
+    session: Session,
+    assignment: Assignment,
+    user: User,
+    data: bytes,
+    filename: str,
+    via: str = "web",
+    now: Optional[dt.datetime] = None,
+    enforce: bool = True,
+) -> Submission:
+    """Store a submission as queued (the caller commits, then enqueues its id). Raises
+    NotAccepted with a reason for the student when the assignment does not take it.
+    `enforce=False` is for staff submitting on a student's behalf (no dates, no limit)."""
+    now = now or utcnow()
+    if len(data) > MAX_SOURCE_BYTES:
+        raise NotAccepted(f"the file is {len(data)} bytes; the limit is {MAX_SOURCE_BYTES // 1024} KiB")
+    if assignment.current_version_id is None:
+        raise NotAccepted("this assignment has no spec yet")
+    if enforce:
+        # Serialise a student's concurrent submissions so the limit cannot be raced past.
+        session.execute(select(User.id).where(User.id == user.id).with_for_update())
+        check_accepting(
+            now,
+            assignment.published,
+            assignment.open_at,
+            policy_for(session, assignment, user.id),
+            used_submissions(session, assignment.id, user.id),
+            assignment.max_submissions,
+        )
+    submission = Submission(
+        assignment_id=assignment.id,
+        user_id=user.id,
+        version_id=assignment.current_version_id,
+        filename=_clean_filename(filename),
+        source=data,
+        size=len(data),
+        digest=hashlib.sha256(data).hexdigest(),
+        via=via,
+        submitted_at=now,
+        seed=new_seed(),
+        status="queued",
+        enqueued_at=now,
+    )
+    session.add(submission)
+    session.flush()
+    log_event("submitted", submission.id, assignment=assignment.id, user=user.id, bytes=len(data), via=via)
+    return submission
+
+
+def _clean_filename(name: str) -> str:
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:200]
+    return name or "submission.py"
+
+
+@dataclass(frozen=True)
+class Claim:
+    submission_id: int
+    token: str
+    attempt: int
+
+
+def claim(session: Session, submission_id: int, now: Optional[dt.datetime] = None) -> Optional[Claim]:
+    """Take the row for grading: queued, or running with an expired lease (its worker died).
+    None when someone else holds it or it is already graded. Commits."""
+    now = now or utcnow()
+    token = str(uuid.uuid4())
+    result = session.execute(
+        update(Submission)
+        .where(
+            Submission.id == submission_id,
+            or_(
+                Submission.status == "queued",
+                and_(Submission.status == "running", Submission.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status="running",
+            lease_token=token,
+            lease_expires_at=now + dt.timedelta(seconds=LEASE_SECONDS),
+            attempts=Submission.attempts + 1,
+            started_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    attempt = session.scalar(select(Submission.attempts).where(Submission.id == submission_id)) or 1
+    log_event("running", submission_id, attempt=attempt)
+    return Claim(submission_id, token, attempt)
+
+
+def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[dt.datetime] = None) -> bool:
+    """Write the grading result, only while the lease is still ours. Commits."""
+    now = now or utcnow()
+    grade_ms = result.get("timing", {}).get("total_ms")
+    done = session.execute(
+        update(Submission)
+        .where(Submission.id == held.submission_id, Submission.lease_token == held.token, Submission.status == "running")
+        .values(
+            status="graded",
+            score=float(result["score"]),
+            max_score=float(result["max_score"]),
+            result=result,
+            error=None,
+            lease_token=None,
+            lease_expires_at=None,
+            graded_at=now,
+            grade_count=Submission.grade_count + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    ok = done.rowcount == 1  # type: ignore[attr-defined]
+    log_event("graded" if ok else "lease-lost", held.submission_id, score=result.get("score"), grade_ms=grade_ms)
+    return ok
+
+
+def fail(session: Session, held: Claim, reason: str, now: Optional[dt.datetime] = None) -> bool:
+    """Grading cannot happen (a broken spec, repeated worker deaths): status error, with the
+    reason for staff. Only while the lease is ours. Commits."""
+    now = now or utcnow()
+    done = session.execute(
+        update(Submission)
+        .where(Submission.id == held.submission_id, Submission.lease_token == held.token)
+        .values(status="error", error=reason[:4000], lease_token=None, lease_expires_at=None, graded_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    ok = done.rowcount == 1  # type: ignore[attr-defined]
+    log_event("error" if ok else "lease-lost", held.submission_id, reason=repr(reason[:200]))
+    return ok
+
+
+def release(session: Session, held: Claim, now: Optional[dt.datetime] = None) -> bool:
+    """Give the row back to the queue (this worker cannot grade now, e.g. its sandbox broke);
+    the attempt is not counted against the submission. Commits."""
+    now = now or utcnow()
+    done = session.execute(
+        update(Submission)
+        .where(Submission.id == held.submission_id, Submission.lease_token == held.token)
+        .values(
+            status="queued",
+            lease_token=None,
+            lease_expires_at=None,
+            attempts=Submission.attempts - 1,
+            enqueued_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    ok = done.rowcount == 1  # type: ignore[attr-defined]
+    log_event("released" if ok else "lease-lost", held.submission_id)
+    return ok
+
+
+def requeue_for_regrade(session: Session, ids: Sequence[int], now: Optional[dt.datetime] = None) -> list[int]:
+    """Put submissions back in the queue against their assignment's current spec version.
+    A grading in flight loses its lease and its result is discarded. The caller commits and
+    then enqueues the returned ids."""
+    now = now or utcnow()
+    if not ids:
+        return []
+    rows = session.execute(
+        select(Submission.id, Assignment.current_version_id)
+        .join(Assignment, Assignment.id == Submission.assignment_id)
+        .where(Submission.id.in_(list(ids)))
+    ).all()
+    done = []
+    for sid, version_id in rows:
+        if version_id is None:
+            continue
+        session.execute(
+            update(Submission)
+            .where(Submission.id == sid)
+            .values(
+                status="queued",
+                version_id=version_id,
+                lease_token=None,
+                lease_expires_at=None,
+                attempts=0,
+                error=None,
+                enqueued_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        log_event("regrade-queued", sid, version=version_id)
+        done.append(sid)
+    return done
+
+
+def stuck(session: Session, queued_for: float, now: Optional[dt.datetime] = None, limit: int = 500) -> list[int]:
+    """Rows whose message may have been lost: queued for longer than `queued_for` seconds
+    since they were last enqueued, or running past their lease. The sweeper re-enqueues them
+    and stamps `enqueued_at`, so a slow queue is not flooded with duplicates."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=queued_for)
+    ids = list(
+        session.scalars(
+            select(Submission.id)
+            .where(
+                or_(
+                    and_(Submission.status == "queued", Submission.enqueued_at < cutoff),
+                    and_(Submission.status == "running", Submission.lease_expires_at < now, Submission.enqueued_at < cutoff),
+                )
+            )
+            .order_by(Submission.id)
+            .limit(limit)
+        )
+    )
+    if ids:
+        session.execute(
+            update(Submission)
+            .where(Submission.id.in_(ids))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return ids

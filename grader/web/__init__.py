@@ -1,0 +1,103 @@
+"""The web app: a thin shell around the database (pages for students, TAs and instructors,
+and a JSON API). Grading happens in the workers; this only stores rows and enqueues ids."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from grader import __version__
+from grader.config import Settings
+from grader.store.models import User
+from grader.web import database, filters
+from grader.web.extensions import csrf, limiter, login_manager
+from grader.web.queue import CeleryEnqueuer, Enqueuer
+
+log = logging.getLogger("grader.web")
+
+# Room for a spec folder zip (4 MiB inflated at most) plus multipart overhead; a student's
+# file is held to its own, smaller limit by the submission forms and the API.
+MAX_REQUEST_BYTES = 6 << 20
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_path=str(settings.instance_path))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.production,
+        REMEMBER_COOKIE_SECURE=settings.production,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead: a form left open all day still works
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_HEADERS_ENABLED=True,
+        TESTING=settings.env == "testing",
+    )
+    app.extensions["grader.settings"] = settings
+    app.extensions["grader.enqueue"] = enqueue or CeleryEnqueuer(settings)
+
+    database.init_app(app, settings.database_url)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    filters.init_app(app)
+
+    from grader.web import api, auth, gradebook, instructor, student
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(student.bp)
+    app.register_blueprint(gradebook.bp)
+    app.register_blueprint(instructor.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)  # token-authenticated, never cookie-authenticated
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if settings.production:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        if request.path.startswith("/api/"):
+            return jsonify(error=exc.name, detail=_detail(exc)), exc.code or 500
+        return render_template("error.html", error=exc, detail=_detail(exc)), exc.code or 500
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {"grader_version": __version__, "settings": settings}
+
+    return app
+
+
+def _detail(exc: HTTPException) -> str:
+    if exc.code == 413:
+        return f"The upload is too large (the limit is {MAX_REQUEST_BYTES >> 20} MiB per request)."
+    if exc.code == 429:
+        return "Too many requests; wait a minute and try again."
+    if exc.code == 404:
+        return "There is nothing here, or you do not have access to it."
+    return exc.description or ""
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> Optional[User]:
+    try:
+        return database.db().get(User, int(user_id))
+    except ValueError:
+        return None
