@@ -34,6 +34,9 @@ def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] 
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        # Werkzeug holds a non-file form field to 500 kB by default, below the 1 MiB a
+        # student may paste; the request cap still bounds every request.
+        MAX_FORM_MEMORY_SIZE=MAX_REQUEST_BYTES,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.production,
