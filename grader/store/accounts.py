@@ -106,6 +106,16 @@ def create_user(
     return user
 
 
+def initial_password() -> str:
+    """A random first password for a new account, handed out once (12 URL-safe characters).
+    It starts with a letter or digit, so a spreadsheet opening a CSV of new accounts never
+    reads it as a formula (a leading '-' would be)."""
+    while True:
+        password = secrets.token_urlsafe(9)
+        if password[0].isalnum():
+            return password
+
+
 def set_password(user: User, password: str) -> None:
     user.password_hash = hash_password(password)
 
@@ -185,7 +195,7 @@ def import_roster(session: Session, course: Course, text: str) -> RosterReport:
             user = find_user(session, email)
             password = row.get("password") or None
             if user is None:
-                initial = password or secrets.token_urlsafe(9)
+                initial = password or initial_password()
                 user = create_user(session, email, role=role, password=initial, name=row.get("name", ""))
                 report.created.append((email, "" if password else initial))
             else:

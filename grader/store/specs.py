@@ -96,7 +96,8 @@ def files_from_zip(data: bytes) -> SpecFiles:
 
 def _ignorable(name: str) -> bool:
     parts = PurePosixPath(name).parts
-    return any(p.startswith(".") or p == "__MACOSX" or p == "__pycache__" for p in parts)
+    # ".." is not a hidden file: an entry that climbs out is refused below, not skipped.
+    return any((p.startswith(".") and p != "..") or p == "__MACOSX" or p == "__pycache__" for p in parts)
 
 
 def _text(name: str, raw: bytes) -> str:
