@@ -61,7 +61,8 @@ def grade(assignment: str, file: str, as_json: bool, seed: Optional[int]) -> Non
 
 def format_result(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['title']} ({result['assignment']} v{result['assignment_version']}, seed {result['seed']})",
+        f"{result['title']} ({result['assignment']} v{result['assignment_version']}"
+        + (f", seed {result['seed']})" if "seed" in result else ")"),
         f"Score: {result['score']:g} / {result['max_score']:g}",
         "",
     ]
@@ -180,6 +181,17 @@ def check_assignment(path: str, solution: Optional[str]) -> None:
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"grader: {message}", err=True)
     sys.exit(code)
+
+
+# The service's operator commands (db, users, tokens, web, worker, sweep, up).
+from grader import service_cli  # noqa: E402
+
+service_cli.register(main)
+
+
+from grader.client import submit as _submit  # noqa: E402 - the API client's command (grader/client.py)
+
+main.add_command(_submit)
 
 
 if __name__ == "__main__":

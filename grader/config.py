@@ -31,6 +31,8 @@ class Settings:
     submit_rate: str = "20 per minute"
     sweep_seconds: float = 30.0  # how often the sweeper looks for stuck submissions
     stuck_seconds: float = 120.0  # queued this long without a worker: re-enqueue
+    # How long a worker holds a submission; Celery's time limits are derived from it.
+    lease_seconds: float = 300.0
 
     @property
     def production(self) -> bool:
@@ -68,8 +70,24 @@ class Settings:
             queue=env_vars.get("GRADER_QUEUE", "grader"),
             max_upload_bytes=int(env_vars.get("GRADER_MAX_UPLOAD_BYTES", 1 << 20)),
             ratelimit_storage_uri=env_vars.get("RATELIMIT_STORAGE_URI", "memory://"),
+            sweep_seconds=_seconds(env_vars, "GRADER_SWEEP_SECONDS", 30.0),
+            stuck_seconds=_seconds(env_vars, "GRADER_STUCK_SECONDS", 120.0),
+            lease_seconds=_seconds(env_vars, "GRADER_LEASE_SECONDS", 300.0),
         )
         return replace(settings, **overrides) if overrides else settings
+
+
+def _seconds(env_vars: Any, name: str, default: float) -> float:
+    raw = env_vars.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: give a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r}: give a positive number of seconds")
+    return value
 
 
 def _instance_secret(instance: Path) -> str:

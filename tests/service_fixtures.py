@@ -107,14 +107,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 
 def test_settings(database_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    overrides.setdefault("broker_url", REDIS_URL)
+    overrides.setdefault("queue", f"grader-test-{uuid.uuid4().hex[:8]}")
     return Settings.from_env(
         environ={},
         env="testing",
         database_url=database_url,
-        broker_url=REDIS_URL,
         secret_key="test-secret-key-" + "x" * 32,
         instance_path=tmp_path / "instance",
-        queue=f"grader-test-{uuid.uuid4().hex[:8]}",
         **overrides,
     )
 

@@ -74,8 +74,10 @@ def create_submission(
     if assignment.current_version_id is None:
         raise NotAccepted("this assignment has no spec yet")
     if enforce:
-        # Serialise a student's concurrent submissions so the limit cannot be raced past.
-        session.execute(select(User.id).where(User.id == user.id).with_for_update())
+        # Serialise a student's concurrent submissions so the limit cannot be raced past: a
+        # no-op UPDATE of their row locks it on PostgreSQL and takes SQLite's write lock
+        # (SELECT ... FOR UPDATE is ignored there) before anything is counted.
+        session.execute(update(User).where(User.id == user.id).values(id=User.id))
         check_accepting(
             now,
             assignment.published,
@@ -117,9 +119,15 @@ class Claim:
     attempt: int
 
 
-def claim(session: Session, submission_id: int, now: Optional[dt.datetime] = None) -> Optional[Claim]:
+def claim(
+    session: Session,
+    submission_id: int,
+    now: Optional[dt.datetime] = None,
+    lease_seconds: float = LEASE_SECONDS,
+) -> Optional[Claim]:
     """Take the row for grading: queued, or running with an expired lease (its worker died).
-    None when someone else holds it or it is already graded. Commits."""
+    None when someone else holds it or it is already graded. Commits. The worker passes
+    its configured lease (Settings.lease_seconds), which its Celery time limits sit below."""
     now = now or utcnow()
     token = str(uuid.uuid4())
     result = session.execute(
@@ -134,7 +142,7 @@ def claim(session: Session, submission_id: int, now: Optional[dt.datetime] = Non
         .values(
             status="running",
             lease_token=token,
-            lease_expires_at=now + dt.timedelta(seconds=LEASE_SECONDS),
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
             attempts=Submission.attempts + 1,
             started_at=now,
         )
@@ -190,10 +198,19 @@ def fail(session: Session, held: Claim, reason: str, now: Optional[dt.datetime] 
     return ok
 
 
-def release(session: Session, held: Claim, now: Optional[dt.datetime] = None) -> bool:
+def release(
+    session: Session,
+    held: Claim,
+    now: Optional[dt.datetime] = None,
+    count_attempt: bool = False,
+    note: Optional[str] = None,
+) -> bool:
     """Give the row back to the queue (this worker cannot grade now, e.g. its sandbox broke);
-    the attempt is not counted against the submission. Commits."""
+    the attempt is not counted against the submission unless `count_attempt` (a time limit
+    or a sandbox failure that the submission itself may cause: counted, so MAX_ATTEMPTS
+    ends the loop). `note` is kept in `error` for staff as the last problem seen. Commits."""
     now = now or utcnow()
+    extra: dict[str, Any] = {} if note is None else {"error": note[:4000]}
     done = session.execute(
         update(Submission)
         .where(Submission.id == held.submission_id, Submission.lease_token == held.token)
@@ -201,14 +218,15 @@ def release(session: Session, held: Claim, now: Optional[dt.datetime] = None) ->
             status="queued",
             lease_token=None,
             lease_expires_at=None,
-            attempts=Submission.attempts - 1,
+            attempts=Submission.attempts if count_attempt else Submission.attempts - 1,
             enqueued_at=now,
+            **extra,
         )
         .execution_options(synchronize_session=False)
     )
     session.commit()
     ok = done.rowcount == 1  # type: ignore[attr-defined]
-    log_event("released" if ok else "lease-lost", held.submission_id)
+    log_event("released" if ok else "lease-lost", held.submission_id, counted=count_attempt or None)
     return ok
 
 

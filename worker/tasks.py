@@ -1,0 +1,256 @@
+"""The Celery tasks: grade one submission, and sweep for submissions whose message was lost.
+
+The task is a thin shell around the grading core. It claims the submission's row with a
+lease (so a redelivered message never grades twice), runs `grade_bytes` in the sandbox,
+and writes the result only while it still holds the lease. Everything that can go wrong
+ends in one of four states, each logged as one structured line by grader.store.submissions:
+
+- graded: the submission ran; whatever it did (crash, loop, garbage) is a graded outcome;
+- error: grading cannot happen (a broken spec, or a submission that ended every one of
+  MAX_ATTEMPTS attempts without a result): a reason for staff, no score for the student;
+- queued again (released): this worker could not grade now (its sandbox failed, a time
+  limit hit); the sweeper re-enqueues it after `stuck_seconds`;
+- skipped: someone else holds it, or it is already graded (a duplicate message).
+
+The grading functions take a sessionmaker and a runner, so the tests drive them without
+Celery; `register(app)` wraps them as the Celery tasks the web app sends by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Callable, Iterable, Optional
+
+from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from grader.config import Settings
+from grader.grade import GradingError, default_runner, grade_bytes
+from grader.runner.base import Runner
+from grader.runner.session import SandboxFailure
+from grader.sandbox import FIXES, SandboxUnavailable, probe_host, required_layers
+from grader.spec import SpecError
+from grader.store import catalog
+from grader.store.db import make_engine, make_sessionmaker
+from grader.store.models import Submission
+from grader.store.submissions import (
+    LEASE_SECONDS,
+    MAX_ATTEMPTS,
+    claim,
+    fail,
+    finish,
+    log_event,
+    release,
+    stuck,
+)
+from grader.web.queue import GRADE_TASK, SWEEP_TASK
+from worker.app import SOFT_FRACTION, make_celery
+
+log = logging.getLogger("grader.worker")
+
+# Outcomes of one delivery (returned by grade_submission, for logs and tests).
+GRADED, ERROR, RELEASED, SKIPPED, LEASE_LOST = "graded", "error", "released", "skipped", "lease-lost"
+
+
+# --- per-process database state ----------------------------------------------------------
+# One engine per worker process, made on first use. A pool process is forked from the
+# worker's main process; a connection inherited across fork would be shared by two
+# processes, so anything the parent opened is dropped (not closed: it is the parent's).
+
+_engine_lock = threading.Lock()
+_engines: dict[str, tuple[Engine, sessionmaker[Session]]] = {}
+
+
+def sessions_for(database_url: str) -> sessionmaker[Session]:
+    with _engine_lock:
+        made = _engines.get(database_url)
+        if made is None:
+            engine = make_engine(database_url)
+            made = _engines[database_url] = (engine, make_sessionmaker(engine))
+        return made[1]
+
+
+def dispose_engines(close: bool = True) -> None:
+    """Forget this process's engines; `close=False` after fork leaves the parent's
+    connections alone instead of closing sockets the parent still uses."""
+    with _engine_lock:
+        for engine, _ in _engines.values():
+            engine.dispose(close=close)
+        _engines.clear()
+
+
+@signals.worker_process_init.connect(weak=False)
+def _after_fork(**_kwargs: object) -> None:
+    dispose_engines(close=False)
+
+
+@signals.worker_process_shutdown.connect(weak=False)
+def _on_exit(**_kwargs: object) -> None:
+    dispose_engines()
+
+
+# --- grading ------------------------------------------------------------------------------
+
+
+def grade_submission(
+    sessions: sessionmaker[Session],
+    submission_id: int,
+    runner: Optional[Runner] = None,
+    lease_seconds: float = LEASE_SECONDS,
+) -> str:
+    """Grade one submission if it is ours to grade; returns the outcome (GRADED, ...)."""
+    with sessions() as session:
+        held = claim(session, submission_id, lease_seconds=lease_seconds)
+        if held is None:
+            log_event("skipped", submission_id, reason="already-graded-or-held-by-another-worker")
+            return SKIPPED
+        submission = session.get(Submission, submission_id)
+        if submission is None:  # deleted between the claim and now
+            return SKIPPED
+        if held.attempt > MAX_ATTEMPTS:
+            last = submission.error
+            fail(
+                session,
+                held,
+                f"grading stopped after {MAX_ATTEMPTS} attempts: the worker died each time "
+                f"(or timed out, or its sandbox failed) before it could write a result"
+                + (f"; the last problem seen: {last}" if last else "")
+                + ". Check the worker logs for this submission id, then regrade it.",
+            )
+            return ERROR
+        version = submission.version
+        source, seed = submission.source, submission.seed
+        try:
+            spec = catalog.loaded_spec(version)
+        except SpecError as exc:
+            fail(session, held, f"the assignment's spec (version {version.number}) does not load: {exc}")
+            return ERROR
+        # End the read transaction: nothing is held open in the database while grading.
+        session.commit()
+
+        active: Optional[Runner] = runner
+        try:
+            active = active or default_runner()  # one sandbox zygote per worker process
+            result = grade_bytes(spec, source, seed=seed, runner=active)
+        except GradingError as exc:
+            # A spec whose trials cannot be generated: staff must fix the spec and regrade.
+            fail(session, held, f"the assignment's spec cannot grade this submission: {exc}")
+            return ERROR
+        except SandboxUnavailable as exc:
+            # The host lost a sandbox layer: not the submission's fault, and not counted.
+            log.error("submission=%s event=sandbox-unavailable error=%s", submission_id, exc)
+            release(session, held, note=f"the worker's sandbox was unavailable: {exc}")
+            return RELEASED
+        except SandboxFailure as exc:
+            # The runner broke (it retries once on a fresh zygote before giving up). Counted,
+            # so a submission that manages to break the sandbox every time cannot loop forever;
+            # after MAX_ATTEMPTS it ends as an error for staff, never as a score for the student.
+            log.error("submission=%s event=sandbox-failure attempt=%s error=%s", submission_id, held.attempt, exc)
+            release(session, held, count_attempt=True, note=f"the sandbox failed: {exc}")
+            return RELEASED
+        except SoftTimeLimitExceeded:
+            # Grading has its own budget (job_seconds); running into Celery's limit means the
+            # grader itself is stuck. Start the next grading on a fresh sandbox.
+            if active is not None:
+                _close_quietly(active)
+            if held.attempt >= MAX_ATTEMPTS:
+                fail(
+                    session,
+                    held,
+                    f"grading ran past the worker's time limit on all {MAX_ATTEMPTS} attempts "
+                    f"({lease_seconds * SOFT_FRACTION:g} s each)",
+                )
+                return ERROR
+            release(session, held, count_attempt=True, note="grading ran past the worker's time limit")
+            return RELEASED
+        except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the row
+            log.exception("submission=%s event=grader-crashed attempt=%s", submission_id, held.attempt)
+            release(session, held, count_attempt=True, note=f"internal grader error: {type(exc).__name__}: {exc}")
+            return RELEASED
+        return GRADED if finish(session, held, result) else LEASE_LOST
+
+
+def _close_quietly(runner: Runner) -> None:
+    try:
+        runner.close()
+    except Exception:  # noqa: BLE001
+        log.exception("event=sandbox-close-failed")
+
+
+# --- sweeping -----------------------------------------------------------------------------
+
+
+def sweep(sessions: sessionmaker[Session], stuck_seconds: float, send: Callable[[Iterable[int]], None]) -> list[int]:
+    """Re-enqueue submissions whose message may have been lost (queued too long, or running
+    past their lease). The rows are re-stamped and committed before anything is sent."""
+    with sessions() as session:
+        ids = stuck(session, stuck_seconds)
+        session.commit()
+    if ids:
+        for sid in ids:
+            log_event("re-enqueued", sid, by="sweeper")
+        send(ids)
+    return ids
+
+
+# --- Celery wiring ------------------------------------------------------------------------
+
+
+def register(app: Celery) -> Celery:
+    """Register the tasks on an app made by worker.app.make_celery(settings)."""
+    settings: Settings = app.conf.grader_settings
+
+    def send(ids: Iterable[int]) -> None:
+        for sid in ids:
+            try:
+                app.send_task(GRADE_TASK, args=[int(sid)], queue=settings.queue)
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.error("submission=%s event=enqueue-failed error=%r (the next sweep retries)", sid, exc)
+
+    @app.task(name=GRADE_TASK, ignore_result=True)
+    def grade_submission_task(submission_id: int) -> str:
+        return grade_submission(sessions_for(settings.database_url), int(submission_id), lease_seconds=settings.lease_seconds)
+
+    @app.task(name=SWEEP_TASK, ignore_result=True, acks_late=False)
+    def sweep_task() -> int:
+        return len(sweep(sessions_for(settings.database_url), settings.stuck_seconds, send))
+
+    return app
+
+
+def create_worker_app(settings: Optional[Settings] = None) -> Celery:
+    """The worker's Celery app: make_celery(settings) with the tasks registered."""
+    return register(make_celery(settings or Settings.from_env()))
+
+
+# --- start-up -----------------------------------------------------------------------------
+
+
+def sandbox_preflight() -> str:
+    """Fail closed before the worker takes any message: SandboxUnavailable, saying which
+    layer is missing and how to fix it, unless the insecure development mode is chosen
+    (logged loudly). Returns a one-line description for the start-up log."""
+    mode = os.environ.get("GRADER_SANDBOX", "bwrap")
+    if mode == "insecure-subprocess":
+        log.warning(
+            "GRADER_SANDBOX=insecure-subprocess: this worker runs student code WITHOUT a sandbox. "
+            "Development only; never use it with real submissions."
+        )
+        return "NO SANDBOX (GRADER_SANDBOX=insecure-subprocess, development only)"
+    if mode != "bwrap":
+        raise SandboxUnavailable(f"GRADER_SANDBOX={mode!r} is not a sandbox mode (use 'bwrap' or 'insecure-subprocess')")
+    required = required_layers()
+    probe = probe_host()
+    missing = probe.missing(required)
+    if missing:
+        fixes = "\n".join(f"  - {layer}: {FIXES[layer]}" for layer in missing)
+        raise SandboxUnavailable(
+            f"refusing to start the worker: the sandbox needs {', '.join(missing)}, which this host lacks.\n"
+            f"{probe.describe()}\nTo fix:\n{fixes}"
+        )
+    extra = [layer for layer, (ok, _) in probe.layers.items() if ok and layer not in required]
+    return f"sandbox: {', '.join(required)} required and present" + (f" (also: {', '.join(extra)})" if extra else "")
