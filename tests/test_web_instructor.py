@@ -366,7 +366,8 @@ def test_roster_import(client, session):
     course = demo_course(session)
     assert accounts.course_role(session, accounts.find_user(session, "grace@example.edu"), course.id) == "ta"
     assert accounts.course_role(session, accounts.find_user(session, "ada@example.edu"), course.id) == "student"
-    assert accounts.find_user(session, "student@example.com").name == "Renamed Student"
+    # An existing account keeps its name: a roster must not rename people in other courses.
+    assert accounts.find_user(session, "student@example.com").name == "Demo Student"
     assert accounts.find_user(session, "bob@example.edu") is None
     client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
     login(client, "ada@example.edu", passwords["ada@example.edu"])

@@ -196,11 +196,13 @@ def import_roster(session: Session, course: Course, text: str) -> RosterReport:
             password = row.get("password") or None
             if user is None:
                 initial = password or initial_password()
-                user = create_user(session, email, role=role, password=initial, name=row.get("name", ""))
+                # The site-wide role stays "student": creating courses is for accounts an
+                # operator makes instructors (grader users add), not for roster entries.
+                user = create_user(session, email, role="student", password=initial, name=row.get("name", ""))
                 report.created.append((email, "" if password else initial))
             else:
-                if row.get("name"):
-                    user.name = row["name"][:200]
+                # An existing account keeps its name: an instructor of one course must not
+                # rename people as they appear in other courses.
                 report.updated.append(email)
             set_membership(session, course, user, role)
         except AccountError as exc:

@@ -75,7 +75,15 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        # The session (and remember cookie) names the password too, so changing it or
+        # resetting it ends every other session of this account.
+        return f"{self.id}.{self.session_stamp}"
+
+    @property
+    def session_stamp(self) -> str:
+        import hashlib
+
+        return hashlib.sha256((self.password_hash or "").encode()).hexdigest()[:16]
 
     @property
     def display_name(self) -> str:

@@ -3,6 +3,7 @@ and a JSON API). Grading happens in the workers; this only stores rows and enque
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any, Optional
 
@@ -99,8 +100,13 @@ def _detail(exc: HTTPException) -> str:
 
 
 @login_manager.user_loader
-def _load_user(user_id: str) -> Optional[User]:
-    try:
-        return database.db().get(User, int(user_id))
-    except ValueError:
+def _load_user(session_id: str) -> Optional[User]:
+    """The session's user, unless the account was deactivated or its password changed
+    since the session began (User.get_id carries a stamp of the password)."""
+    user_id, _, stamp = session_id.partition(".")
+    if not user_id.isdigit() or len(user_id) > 18:
         return None
+    found = database.db().get(User, int(user_id))
+    if found is None or not found.active or not hmac.compare_digest(stamp, found.session_stamp):
+        return None
+    return found

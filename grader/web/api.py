@@ -324,7 +324,7 @@ def _submission_json(sub: Submission, role: str) -> dict[str, Any]:
         # or running they are null rather than the superseded ones.
         "score": sub.score if graded else None,
         "max_score": sub.max_score if graded else sub.version.max_score,
-        "result": _public_result(sub.result) if graded else None,
+        "result": _public_result(sub.result, staff=access.is_staff(role)) if graded else None,
         "assignment": a.slug,
         "assignment_title": a.title,
         "course": a.course.code,
@@ -348,11 +348,18 @@ def _submission_json(sub: Submission, role: str) -> dict[str, Any]:
     return body
 
 
-def _public_result(result: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+# Top-level result keys only staff get: with the seed and a spec anyone could regenerate the
+# hidden trials' inputs, and the run time is a channel a submission could signal through.
+STAFF_ONLY_KEYS = ("seed", "timing")
+
+
+def _public_result(result: Optional[dict[str, Any]], staff: bool) -> Optional[dict[str, Any]]:
     """The stored grading result, as `grader grade --json` prints it, with hidden trials
     reduced to the keys that describe only the verdict (a no-op on what the core writes)."""
     if result is None:
         return None
+    if not staff:
+        result = {k: v for k, v in result.items() if k not in STAFF_ONLY_KEYS}
     parts = []
     for part in result.get("parts", []):
         trials = [

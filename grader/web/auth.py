@@ -100,6 +100,7 @@ def password() -> Any:
         else:
             accounts.set_password(user(), form.new.data or "")
             db().commit()
+            login_user(user())  # this session goes on; every other one has ended
             flash("Password changed.", "success")
             return redirect(url_for("auth.account"))
     return _account_page(password_form=form), 400

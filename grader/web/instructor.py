@@ -500,7 +500,9 @@ def add_member(code: str) -> Any:
     if found is None:
         password = accounts.initial_password()
         try:
-            found = accounts.create_user(db(), email, role=role, password=password, name=form.name.data or "")
+            # Site-wide role "student" whatever the course role: only an operator makes
+            # accounts that may create courses (grader users add --role instructor).
+            found = accounts.create_user(db(), email, role="student", password=password, name=form.name.data or "")
         except (accounts.AccountError, IntegrityError):  # created by another request just now
             db().rollback()
             form.email.errors.append(f"an account for {email} was created at the same moment; try again")
