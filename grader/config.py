@@ -33,6 +33,8 @@ class Settings:
     stuck_seconds: float = 120.0  # queued this long without a worker: re-enqueue
     # How long a worker holds a submission; Celery's time limits are derived from it.
     lease_seconds: float = 300.0
+    # Trusted reverse proxies in front of the web app (X-Forwarded-For hops); 0: none.
+    proxy_hops: int = 0
 
     @property
     def production(self) -> bool:
@@ -73,8 +75,15 @@ class Settings:
             sweep_seconds=_seconds(env_vars, "GRADER_SWEEP_SECONDS", 30.0),
             stuck_seconds=_seconds(env_vars, "GRADER_STUCK_SECONDS", 120.0),
             lease_seconds=_seconds(env_vars, "GRADER_LEASE_SECONDS", 300.0),
+            proxy_hops=_hops(env_vars.get("GRADER_PROXY_HOPS", "0")),
         )
         return replace(settings, **overrides) if overrides else settings
+
+
+def _hops(raw: str) -> int:
+    if not raw.isdigit() or int(raw) > 10:
+        raise ConfigError(f"GRADER_PROXY_HOPS={raw!r}: give the number of trusted proxies in front of the web app (0-10)")
+    return int(raw)
 
 
 def _seconds(env_vars: Any, name: str, default: float) -> float:

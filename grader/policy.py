@@ -24,7 +24,10 @@ class LatePolicy:
         """The last moment a submission is accepted."""
         if self.due_at is None:
             return None
-        return self.due_at + self.cutoff_days * DAY
+        try:
+            return self.due_at + self.cutoff_days * DAY
+        except OverflowError:  # a due date at the end of time: never closes
+            return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 
     def days_late(self, at: dt.datetime) -> int:
         """Started days after the due date: one second late is one day late."""

@@ -308,7 +308,7 @@ def test_course_gradebook_sorts_and_filters(client, world):
 
 @pytest.mark.parametrize(
     "query",
-    ["?sort=nope", "?sort=final&dir=sideways", "?status=bogus", "?q=" + "x" * 5000, "?missing=maybe&late=", "?sort=%00"],
+    ["?sort=nope", "?sort=final&dir=sideways", "?status=bogus", "?q=" + "x" * 5000, "?missing=maybe&late="],
 )
 def test_bad_view_parameters_are_ignored_with_a_note(client, world, query):
     login(client, "ta")

@@ -21,7 +21,7 @@ from grader.store.models import ROLES, ApiToken, Course, Membership, User
 _hasher = PasswordHasher()
 TOKEN_PREFIX = "bpg_"
 MIN_PASSWORD = 8
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL_RE = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 # Verified against when the email is unknown, so a login takes as long either way.
 _DUMMY_HASH = _hasher.hash("not a real password")
 

@@ -156,9 +156,30 @@ def claim(
     return Claim(submission_id, token, attempt)
 
 
+def storable(value: Any) -> Any:
+    """The result with every string made storable everywhere: PostgreSQL's JSONB refuses
+    NUL characters and JSON encoders lone surrogates, and a student's printed output or
+    exception text may hold either (they would make the row ungradable, attempt after
+    attempt). NUL becomes U+FFFD, as does any unencodable character."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
+
+
 def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[dt.datetime] = None) -> bool:
     """Write the grading result, only while the lease is still ours. Commits."""
     now = now or utcnow()
+    result = storable(result)
     grade_ms = result.get("timing", {}).get("total_ms")
     done = session.execute(
         update(Submission)

@@ -7,8 +7,10 @@ import hmac
 import logging
 from typing import Any, Optional
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, abort, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from grader import __version__
 from grader.config import Settings
@@ -23,15 +25,32 @@ log = logging.getLogger("grader.web")
 # file is held to its own, smaller limit by the submission forms and the API.
 MAX_REQUEST_BYTES = 6 << 20
 
+NUL_EXPLAINED = frozenset({"code"})
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 
 
+class IdConverter(IntegerConverter):
+    """`<int:id>` limited to what an id column holds: a larger number is a 404, not an
+    overflow inside the database driver."""
+
+    def __init__(self, url_map: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min", 0)
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(url_map, **kwargs)
+
+
 def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=str(settings.instance_path))
+    app.url_map.converters["int"] = IdConverter
+    if settings.proxy_hops:
+        # Behind a TLS proxy the socket address is the proxy's: rate limits and logs need the
+        # client's, from X-Forwarded-For as set by exactly this many trusted proxies.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -65,6 +84,15 @@ def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] 
     app.register_blueprint(instructor.bp)
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)  # token-authenticated, never cookie-authenticated
+
+    @app.before_request
+    def _no_nul() -> None:
+        # No text column can hold NUL (PostgreSQL refuses it outright): refuse it at the door
+        # rather than fail deep inside a query. Uploaded files are bytes and may hold it.
+        # The paste form explains this itself, next to the code.
+        fields = [(k, v) for k, v in request.values.items(multi=True) if k not in NUL_EXPLAINED]
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in fields):
+            abort(400, "The request holds a NUL character.")
 
     @app.after_request
     def _headers(response: Response) -> Response:

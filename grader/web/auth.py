@@ -51,8 +51,14 @@ def _safe_next(target: str | None) -> str | None:
     return target
 
 
+def _login_email() -> str:
+    return "login-email:" + (request.form.get("email") or "").strip().lower()[:254]
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_login_rate, methods=["POST"])
+# Also per account, so guessing one password from many addresses is limited too.
+@limiter.limit(_login_rate, methods=["POST"], key_func=_login_email)
 def login() -> Any:
     form = LoginForm()
     if form.validate_on_submit():

@@ -39,6 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from wtforms import BooleanField, HiddenField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields import DateTimeLocalField
+from wtforms.validators import ValidationError
 from wtforms.validators import DataRequired, Length, Optional as Blank
 
 from grader.policy import LatePolicy, effective_due, fmt_time
@@ -154,6 +155,12 @@ class UTCDateTimeField(DateTimeLocalField):
         if self.raw_data:
             return " ".join(self.raw_data)
         return datetime_local_value(self.data)
+
+    def pre_validate(self, form: Any) -> None:
+        # A date far in the future overflows once a cutoff of days is added to it, and
+        # would break every page that shows the assignment.
+        if self.data is not None and not (2000 <= self.data.year <= 2100):
+            raise ValidationError("give a date between the years 2000 and 2100")
 
 
 class SettingsForm(FlaskForm):
