@@ -12,8 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
+
 from grader import __version__
-from grader.compare import Check, article, check_leaf, check_unchanged, locate
+from grader.compare import Check, StructureError, article, check_leaf, check_unchanged, locate, to_array
+from grader.mistakes import Mistake, Observation, Recogniser
 from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport
 from grader.spec.load import Assignment, Function, LeafInfo
 from grader.spec.program import ProgramError
@@ -225,6 +228,7 @@ def _output_entry(info: LeafInfo, passed: bool, failed: list[int], float32: bool
         "passed": passed,
         "failed_trials": failed,
         "float32": float32,
+        "mistakes": [],
     }
 
 
@@ -251,12 +255,15 @@ def _grade_function(
     trial_entries: list[dict[str, Any]] = []
     details: list[str] = []
     general: Optional[str] = None  # one message that applies to every trial (missing, arity)
+    # What each failing output returned on each failing trial, for recognising the mistake.
+    seen: dict[str, list[Observation]] = {info.label: [] for info in fn.leaves}
 
     for trial, res in zip(trials, results):
         entry = _trial_entry(trial, res)
         problems: list[str] = []
         if res.status == "ok":
             changed = check_unchanged(fn.spec.args, trial.args, res.args_after)
+            changed_arg = _changed_arg(fn, trial, res) if changed else None
             expected_at = {info.path: value for info, value in zip(fn.leaves, trial.expected)}
             found = locate(fn.spec.returns, res.value, expected_at, trial.hidden)
             outcomes: dict[str, str] = {}
@@ -267,6 +274,8 @@ def _grade_function(
                 float32[info.label] = float32[info.label] or check.float32
                 if not ok:
                     failed[info.label].append(trial.index)
+                    got = None if check.passed else _as_value(found[info.path], expected)
+                    seen[info.label].append(Observation(trial, got if changed is None else None, changed_arg))
                 if not check.passed and check.message not in problems:
                     problems.append(check.message)  # one structure error can hit several outputs
             if changed:
@@ -274,8 +283,10 @@ def _grade_function(
             entry["outputs"] = outcomes
             entry["status"] = "passed" if not problems else "failed"
         else:
+            out_of_memory = res.status == "error" and (res.error or {}).get("type") == "MemoryError"
             for info in fn.leaves:
                 failed[info.label].append(trial.index)
+                seen[info.label].append(Observation(trial, out_of_memory=out_of_memory))
             message = _call_problem(fn, trial, res, memory_mb)
             if res.status in ("missing", "not_callable", "bad_signature"):
                 general = message
@@ -287,6 +298,13 @@ def _grade_function(
             details.append(f"{_trial_title(trial)}: " + "\n  ".join(problems))
 
     outputs = [_output_entry(info, not failed[info.label], failed[info.label], float32[info.label]) for info in fn.leaves]
+    # Only failing outputs are examined: a correct submission pays nothing and is never told of a mistake.
+    recogniser = Recogniser(fn)
+    recognised: dict[str, list[Mistake]] = {}
+    for info, o in zip(fn.leaves, outputs):
+        if not o["passed"] and general is None:
+            recognised[info.label] = recogniser.recognise(info, seen[info.label], len(trials) - len(o["failed_trials"]))
+            o["mistakes"] = [m.name for m in recognised[info.label]]
     score = sum(o["score"] for o in outputs)
     n = len(trials)
     passed_all = all(o["passed"] for o in outputs)
@@ -299,6 +317,8 @@ def _grade_function(
         for o in outputs:
             state = "correct" if o["passed"] else f"wrong on {len(o['failed_trials'])} of {n} trials"
             lines.append(f"{o['name']}: {state} ({_fmt_points(o['score'])}/{_fmt_points(o['max_score'])} points)")
+            for mistake in recognised.get(o["name"], []):
+                lines.append("  Recognised mistake: " + _mistake_text(mistake, o, trials))
         total_failing = sum(1 for e in trial_entries if e["status"] != "passed")
         lines.extend(details)
         if total_failing > len(details):
@@ -321,6 +341,42 @@ def _grade_function(
     if printed:
         part["printed"] = printed
     return part
+
+
+def _mistake_text(mistake: Mistake, output: dict[str, Any], trials: list[Trial]) -> str:
+    """The explanation, or only the mistake's name when it rests on hidden trials alone:
+    hidden inputs must not be described, not even through a ratio."""
+    failing = set(output["failed_trials"])
+    if all(t.hidden for t in trials if t.index in failing):
+        return f"{mistake.name} (on hidden trials only, so no details are shown)."
+    return f"{mistake.name}. {mistake.message}"
+
+
+def _changed_arg(fn: Function, trial: Trial, res: CallResult) -> Optional[str]:
+    """The name of the first argument the call modified in place."""
+    after = res.args_after
+    if not isinstance(after, (list, tuple)):
+        return None
+    for name, before, now in zip(fn.spec.args, trial.args, after):
+        if check_unchanged([name], [before], [now]):
+            return name
+    return None
+
+
+def _as_value(actual: Any, expected: Any) -> Any:
+    """A returned output as arrays (a list of them for a per-layer output), or None when it
+    is not numeric data of a usable kind."""
+    if isinstance(actual, StructureError):
+        return None
+    if isinstance(expected, list):
+        if not isinstance(actual, (list, tuple)):
+            return None
+        parts = [to_array(a, True) for a in actual]
+        return None if any(isinstance(p, str) for p in parts) else [np.asarray(p, dtype=np.float64) for p in parts]
+    array = to_array(actual, True)
+    if isinstance(array, str) or array.dtype.kind not in "iuf":
+        return None
+    return np.asarray(array, dtype=np.float64)
 
 
 def _fmt_points(x: float) -> str:

@@ -92,6 +92,26 @@ def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...]
             continue  # finite differences on the large trials would be slow and say nothing more
         checked += _fd_check(fn, trial, rng, report)
     report.notes.append(f"{fn.name}: {len(trials)} trials over {len(seeds)} seeds; {checked} gradient entries match finite differences")
+    _check_mutants(fn, visible or trials, report)
+
+
+def _check_mutants(fn: Function, trials: list[Trial], report: SelfTestReport) -> None:
+    """Every mutant must evaluate, and differ from the reference somewhere, or it could never be named."""
+    from grader.mistakes import differs, mutant_outputs
+
+    before = len(report.problems) + len(report.warnings)
+    for m, mutant in enumerate(fn.spec.mutants):
+        try:
+            distinct = any(differs(mutant_outputs(fn, m, t), t.expected) for t in trials)
+        except (ValueError, ArithmeticError) as exc:
+            report.problems.append(f"{fn.name}: mutant {mutant.name!r} cannot be evaluated: {exc}")
+            continue
+        if not distinct:
+            report.warnings.append(
+                f"{fn.name}: mutant {mutant.name!r} gives the expected answers on every trial, so it can never be recognised"
+            )
+    if fn.spec.mutants and len(report.problems) + len(report.warnings) == before:
+        report.notes.append(f"{fn.name}: {len(fn.spec.mutants)} mutant(s) evaluate and differ from the reference")
 
 
 def _as_returned(expected: Any) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 from grader.engine import OPS, Tensor, apply, backward
 from grader.spec.load import Assignment, Function
 from grader.spec.model import Case, InputSpec, Range
-from grader.spec.program import ProgramError
+from grader.spec.program import Program, ProgramError
 
 MAX_CONSTRAINT_ATTEMPTS = 200
 
@@ -358,6 +358,49 @@ def _objective(fn: Function, env: dict[str, Any], upstream: dict[str, np.ndarray
         out = _node(env, fn.spec.objective)
         objective = out if out.ndim == 0 else apply(OPS["sum"], out)
     return objective
+
+
+def derive(
+    fn: Function,
+    trial: Trial,
+    program: Optional[Program] = None,
+    vjp: Optional[dict[str, Any]] = None,
+    upstream: Optional[dict[str, np.ndarray]] = None,
+    vjp_last_only: bool = False,
+) -> list[Any]:
+    """The function's outputs on `trial`'s inputs, derived from another forward program,
+    with some VJPs replaced, or with other upstream gradients: the answers of a known
+    mistake, to recognise it in a wrong submission. One entry per output (LeafInfo order)."""
+    dims = dict(trial.dims)
+    if trial.layers:
+        dims["n_first"], dims["n_last"] = trial.layers[0], trial.layers[-1]
+    env = (program or fn.program).run(_to_env(trial.inputs, dims))
+    objective = _objective(fn, env, trial.upstream if upstream is None else upstream)
+    if vjp and vjp_last_only and objective is not None:
+        vjp = {name: _only_last(objective, name, rule) for name, rule in vjp.items()}
+    grads = backward(objective, overrides=vjp) if objective is not None else None
+    out: list[Any] = []
+    for info in fn.leaves:
+        target = env[info.leaf.target]
+        if info.leaf.grad:
+            assert grads is not None
+            out.append([grads[t] for t in target] if isinstance(target, list) else grads[_as_tensor(target)])
+        else:
+            out.append(_plain(target))
+    return out
+
+
+def _only_last(objective: Tensor, op_name: str, rule: Any) -> Any:
+    """`rule` for the application of `op_name` nearest the objective, the op's own VJP elsewhere."""
+    from grader.engine.tensor import topological_order
+
+    nodes = [n for n in topological_order(objective) if n.op is not None and n.op.name == op_name]
+    last = nodes[-1] if nodes else None
+
+    def vjp(g: np.ndarray, node: Tensor) -> Any:
+        return rule(g, node) if node is last else node.op.vjp(g, node)
+
+    return vjp
 
 
 def objective_value(fn: Function, inputs: dict[str, Any], dims: dict[str, int], upstream: dict[str, np.ndarray]) -> float:

@@ -364,3 +364,23 @@ register(
 
 # Aliases an instructor may reach for; they share the rule of the op they name.
 OPS["frobenius_sq"] = OPS["sum_sq"]
+
+
+# --- known-wrong VJPs, for recognising mistakes ------------------------------------------
+# An assignment's `mutants:` may name one of these per op (`vjp: {sigmoid: at_output}`):
+# the op's derivative evaluated at its output instead of its input, the mistake of
+# applying sigmoid'(a) where sigmoid'(z) is meant (the sigmoid applied twice).
+
+
+def _at_output(derivative: Callable[[np.ndarray], np.ndarray]) -> VJP:
+    def vjp(g: np.ndarray, node: Tensor) -> tuple[np.ndarray]:
+        return (g * derivative(node.value),)
+
+    return vjp
+
+
+VJP_VARIANTS: dict[str, dict[str, VJP]] = {
+    "sigmoid": {"at_output": _at_output(lambda z: _sigmoid(z) * (1.0 - _sigmoid(z)))},
+    "tanh": {"at_output": _at_output(lambda z: 1.0 - np.tanh(z) ** 2)},
+    "exp": {"at_output": _at_output(np.exp)},
+}

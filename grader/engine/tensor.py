@@ -137,11 +137,18 @@ class Gradients:
         return grad
 
 
-def backward(output: Tensor, seed: Any = None, extra_roots: Iterable[Tensor] = ()) -> Gradients:
+def backward(
+    output: Tensor,
+    seed: Any = None,
+    extra_roots: Iterable[Tensor] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> Gradients:
     """Reverse-mode sweep from `output`.
 
     `seed` is the upstream gradient of `output` (defaults to 1 for a scalar output), so a
-    non-scalar output yields the gradients of `sum(output * seed)`.
+    non-scalar output yields the gradients of `sum(output * seed)`. `overrides` maps an op
+    name to a replacement VJP: the grader derives known-wrong answers ("mutants", such as
+    a derivative taken at the wrong point) with it, never the expected ones.
     """
     if seed is None:
         if output.value.size != 1:
@@ -155,7 +162,8 @@ def backward(output: Tensor, seed: Any = None, extra_roots: Iterable[Tensor] = (
         grad = grads.get(id(node))
         if grad is None or node.op is None:
             continue
-        parent_grads = node.op.vjp(grad, node)
+        vjp = overrides.get(node.op.name, node.op.vjp) if overrides else node.op.vjp
+        parent_grads = vjp(grad, node)
         for parent, parent_grad in zip(node.parents, parent_grads):
             if parent_grad is None:
                 continue

@@ -86,6 +86,7 @@ class Function:
     limits: Limits
     repairs: list[Repair] = field(default_factory=list)
     constraint_exprs: list[ast.expr] = field(default_factory=list)  # parsed once, evaluated per trial
+    mutant_programs: list[Program] = field(default_factory=list)  # per spec.mutants; the forward if none given
 
     @property
     def name(self) -> str:
@@ -284,7 +285,31 @@ def _resolve(spec: AssignmentSpec, fn: FunctionSpec, index: int) -> Function:
         target, other = _repair_target(expr, inputs)
         if target is not None:
             repairs.append(Repair(target, other, constraint.away_from, constraint.margin))
-    return Function(fn, index, program, inputs, dims, leaves, trials, limits, repairs, constraint_exprs)
+    mutant_programs = [_check_mutant(fn, i, program, inputs, dims, leaves) for i in range(len(fn.mutants))]
+    return Function(fn, index, program, inputs, dims, leaves, trials, limits, repairs, constraint_exprs, mutant_programs)
+
+
+def _check_mutant(
+    fn: FunctionSpec, i: int, program: Program, inputs: dict[str, InputSpec], dims: dict[str, Range], leaves: list[LeafInfo]
+) -> Program:
+    """A mutant's forward must read only the function's inputs and define everything the
+    function's returns, upstream and objective refer to, so its answers line up."""
+    mutant = fn.mutants[i]
+    where = f"mutants[{i}] ({mutant.name})"
+    if mutant.forward is None:
+        return program
+    try:
+        mutant_program = Program.parse(mutant.forward)
+        mutant_program.check_names([*inputs, *dims])
+    except ProgramError as exc:
+        raise SpecError(f"{where}.forward: {exc}") from None
+    defined = set(inputs) | set(mutant_program.assigned)
+    needed = [info.leaf.target for info in leaves] + list(fn.upstream.values())
+    needed += [fn.objective] if fn.objective else []
+    missing = sorted({n for n in needed if n not in defined})
+    if missing:
+        raise SpecError(f"{where}.forward: does not define {', '.join(missing)}, which the function's returns/upstream/objective use")
+    return mutant_program
 
 
 def _repair_target(expr: ast.expr, inputs: dict[str, InputSpec]) -> tuple[Union[str, None], Union[str, None]]:

@@ -265,6 +265,52 @@ class Trials(Strict):
         return self
 
 
+class Mutant(Strict):
+    """A known-wrong variant of a function's answer, with the mistake it stands for.
+
+    The engine derives the mutant's answers like the expected ones, from `forward` (a
+    replacement forward definition, same language, same inputs) and/or with an op's VJP
+    swapped for a known-wrong one (`vjp: {sigmoid: at_output}`). A wrong output that equals
+    the mutant on every failing trial is told `message`.
+    """
+
+    name: Annotated[str, Field(min_length=1, max_length=80)]
+    message: Annotated[str, Field(min_length=1, max_length=500)]
+    forward: Optional[str] = None
+    vjp: dict[Ident, str] = {}
+    # Where the VJP substitution applies: every application of the op, or only the last
+    # one (the layer nearest the output, e.g. BP1's delta^L but not BP2's).
+    vjp_where: Literal["all", "last"] = "all"
+
+    @field_validator("forward")
+    @classmethod
+    def _parses(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                Program.parse(value)
+            except ProgramError as exc:
+                raise ValueError(f"cannot parse the mutant's forward definition: {exc}") from None
+        return value
+
+    @field_validator("vjp")
+    @classmethod
+    def _known_variants(cls, value: dict[str, str]) -> dict[str, str]:
+        from grader.engine.ops import VJP_VARIANTS
+
+        for op, variant in value.items():
+            known = VJP_VARIANTS.get(op, {})
+            if variant not in known:
+                ops = ", ".join(f"{o}: {'/'.join(v)}" for o, v in sorted(VJP_VARIANTS.items()))
+                raise ValueError(f"no known-wrong VJP {variant!r} for op {op!r} (known: {ops})")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Mutant:
+        if self.forward is None and not self.vjp:
+            raise ValueError("a mutant needs a `forward` definition, a `vjp` substitution or both")
+        return self
+
+
 class FunctionSpec(Strict):
     name: Ident
     args: list[Ident]
@@ -279,6 +325,7 @@ class FunctionSpec(Strict):
     trials: Optional[Trials] = None
     limits: Limits = Limits()
     dims: dict[Ident, Range] = {}
+    mutants: list[Mutant] = []  # known mistakes, recognised in feedback
 
     @field_validator("forward")
     @classmethod
