@@ -6,8 +6,8 @@ For a correct submission of each built-in assignment with all of its trials (the
 each time, run back to back), prints the median wall-clock milliseconds of:
   in-process   exec the file and call every function in the grader's own process (the
                unsafe floor: no isolation at all)
-  sandbox      SandboxRunner, jobs back to back (the zygote's next spare child is forked
-               while the next job already waits: the worst case)
+  sandbox      SandboxRunner, jobs back to back (the zygote forks and confines the
+               replacement for each used spare while the next job runs: the worst case)
   paced        SandboxRunner with --gap-ms (default 5) between jobs, as in a worker, where
                comparing results and writing them takes that long (the gap is not counted)
   fresh        SubprocessRunner: a fresh interpreter (python + NumPy import) per submission

@@ -334,18 +334,19 @@ class _Zygote:
         self.next_id = 0
         self.outstanding: set[int] = set()  # children whose exit has not been reported yet
 
-    def settle(self, timeout: float) -> bool:
-        """Collect the exit reports of finished children; False if one is overdue."""
+    def settle(self, timeout: float, allow: int = 0) -> bool:
+        """Collect the exit reports of finished children, oldest first, until at most
+        `allow` are missing; False if one is overdue."""
         deadline = time.monotonic() + timeout
         while True:
             reported = self.outstanding & set(self.exited)
             for job_id in reported:
                 self.exited.pop(job_id)
             self.outstanding -= reported
-            if not self.outstanding:
+            if len(self.outstanding) <= allow:
                 return True
             remaining = deadline - time.monotonic()
-            job_id = next(iter(self.outstanding))
+            job_id = min(self.outstanding)
             if remaining <= 0 or self.receive(remaining, "exited", job_id) is None:
                 return False
             self.outstanding.discard(job_id)
@@ -424,7 +425,9 @@ class _Zygote:
 
 
 class _ZygoteChild:
-    """A ChildHandle for one job: the zygote's pre-forked, already confined spare."""
+    """A ChildHandle for one job: the zygote's pre-forked, already confined spare. The
+    request goes out at once; its answer (the spare's pipes) is collected in `connect`,
+    so the zygote's round trip overlaps encoding the job."""
 
     reports_confinement = True
 
@@ -434,17 +437,21 @@ class _ZygoteChild:
         self.id = zygote.next_id
         self.diagnostic_fds: list[int] = []
         self.status: Optional[int] = None
+        self.fds: list[int] = []
         try:
             zygote.send({"op": "run", "id": self.id})
         except OSError as exc:
             raise SandboxFailure(f"the sandbox zygote is gone: {exc}") from None
-        reply = zygote.receive(START_TIMEOUT, "started", self.id)
+        zygote.outstanding.add(self.id)
+
+    def connect(self) -> None:
+        reply = self.zygote.receive(START_TIMEOUT, "started", self.id)
         if reply is None or len(reply[1]) != 2:
             for fd in reply[1] if reply else []:
                 os.close(fd)
             raise SandboxFailure("the sandbox zygote did not hand over a child")
-        self.job_fd, self.result_fd = reply[1]
-        zygote.outstanding.add(self.id)
+        self.fds = reply[1]
+        self.job_fd, self.result_fd = self.fds
 
     def kill(self) -> None:
         if self.status is None:
@@ -465,11 +472,12 @@ class _ZygoteChild:
     def close(self) -> None:
         # The exit report is collected later (SandboxRunner.run settles before each job),
         # keeping the child's teardown off this submission's critical path.
-        for fd in (self.job_fd, self.result_fd):
+        for fd in self.fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self.fds = []
 
 
 class _Holder:
@@ -531,7 +539,7 @@ class SandboxRunner:
             # The previous child may still be exiting; waiting for that would put its
             # teardown on this submission's critical path. More than one unreported exit
             # is a fault.
-            if len(zygote.outstanding) > 1 and not zygote.settle(5.0):
+            if len(zygote.outstanding) > 1 and not zygote.settle(5.0, allow=1):
                 log.warning("sandbox zygote did not report earlier children's exits; restarting it")
                 self._discard()
                 zygote = self._ensure(job.memory_mb)

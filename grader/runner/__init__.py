@@ -1,4 +1,4 @@
-"""Running student code out of the grader's process: bytes in, `.npy` arrays out."""
+"""Running student code out of the grader's process: bytes in, raw numeric arrays out."""
 
 from grader.runner.base import Call, CallResult, Job, LoadResult, Runner, RunReport
 from grader.runner.protocol import Returned, Unsupported

@@ -2,27 +2,38 @@
 
 It is started fresh for each submission (reading its job from stdin), or forked from the
 sandbox zygote (reading it from a pipe); it runs every requested call and writes one
-framed message per call to the result fd. It imports nothing from the grader, so a sandbox need not expose the grader's
-code, and it decides nothing: the trusted parent parses what it sends and does all the
-comparing and scoring. Anything it reports could have been forged by the student's code,
-which is fine, because a forged report can say no more than the student's own return
-value could.
+framed message per call to the result fd. It imports nothing from the grader, so a sandbox
+need not expose the grader's code, and it decides nothing: the trusted parent parses what
+it sends and does all the comparing and scoring. Anything it reports could have been
+forged by the student's code, which is fine, because a forged report can say no more than
+the student's own return value could.
 
 Wire format (both directions): a frame is an 8-byte little-endian length, then a 4-byte
-little-endian header length, a UTF-8 JSON header, and the header's `blobs` (byte lengths)
-of `.npy` arrays back to back. Values are encoded as a JSON skeleton that points at blobs.
+little-endian header length, a header, and the header's `blobs` (byte lengths) back to
+back. Result headers are UTF-8 JSON; the job's header is marshalled (it comes from the
+trusted parent, and marshal is much cheaper). Values are encoded as a skeleton; an array is
+{"a": blob index, "d": dtype string (e.g. "<f8"), "s": shape} and its blob holds its raw
+C-order bytes. In a job, every blob is padded to a multiple of 16 bytes and so is the
+header, so that argument arrays are aligned like any caller's arrays.
+
+The result frames of a job are written as each call ends, so what completed before a hang
+or a crash is already in the pipe when the parent kills the child. The parent does not
+wake up per frame: it reads the pipe every millisecond or so, and when the child closes
+the pipe (it does so right after its last frame, or by dying).
 """
 
 import inspect
-import io
 import json
+import json.encoder
 import linecache
+import marshal
 import os
 import struct
 import sys
 import tempfile
 import time
 import traceback
+import types
 
 import numpy as np
 
@@ -54,62 +65,90 @@ def _numbers_only(value):
     return True
 
 
-def read_frame(stream):
-    """A job from the parent. The blobs are views into one writable buffer, so arguments
-    become writable arrays without a copy each."""
-    head = stream.read(8)
-    if len(head) < 8:
-        return None
-    (length,) = struct.unpack("<Q", head)
-    payload = bytearray(length)
-    view = memoryview(payload)
-    got = 0
-    while got < length:
-        n = stream.readinto(view[got:])
+def read_job(fd, buffer=None):
+    """The job from the parent on `fd`: (header, blobs), or None if the pipe closed early.
+    The header is marshalled (see protocol.encode_job); the blobs are views into one
+    writable buffer, so arguments become writable arrays without a copy each. `buffer` (a
+    bytearray a spare zero-filled while it waited, so its pages are already there) is used
+    when the job fits. The payload starts 16 bytes into the buffer, which keeps the job's
+    16-byte alignment of its arrays."""
+    if buffer is None or len(buffer) < 64:
+        buffer = bytearray(65536)
+    view = memoryview(buffer)
+    got, need = 8, 16  # the length prefix goes to bytes 8..16
+    while got < need:
+        n = os.readv(fd, [view[got:]])
         if not n:
             return None
         got += n
+        if need == 16 and got >= 16:
+            (length,) = struct.unpack_from("<Q", view, 8)
+            need = 16 + length
+            if need > len(view):
+                bigger = bytearray(need)
+                bigger[:got] = view[:got]
+                view = memoryview(bigger)
+    payload = view[16:need]
     (hlen,) = struct.unpack_from("<I", payload)
-    header = json.loads(bytes(view[4 : 4 + hlen]).decode("utf-8"))
+    header = marshal.loads(payload[4 : 4 + hlen])
     blobs, offset = [], 4 + hlen
     for size in header.get("blobs", []):
-        blobs.append(view[offset : offset + size])
+        blobs.append(payload[offset : offset + size])
         offset += size
     return header, blobs
 
 
-def write_frame(fd, header, blobs):
-    header = dict(header, blobs=[len(b) for b in blobs])
-    head = json.dumps(header, allow_nan=True).encode("utf-8")
-    payload = b"".join([struct.pack("<I", len(head)), head, *blobs])
-    data = struct.pack("<Q", len(payload)) + payload
+def write_frame(fd, header, blobs=(), sizes=None):
+    """One frame with a JSON header (`header` gets its `blobs` entry)."""
+    if sizes is None:
+        sizes = [len(b) for b in blobs]
+    header["blobs"] = sizes
+    write_raw_frame(fd, json.dumps(header).encode("utf-8"), blobs, sizes)
+
+
+def write_raw_frame(fd, head, blobs, sizes):
+    """One frame with its header already encoded, written at once: a partial write only
+    where a signal interrupts it."""
+    total = 4 + len(head) + sum(sizes)
+    parts = [_FRAME_START.pack(total, len(head)), head, *blobs]
+    if total < 65536:
+        _write_all(fd, b"".join(parts))
+        return
+    written = os.writev(fd, parts)  # large arrays go out without being joined into a copy
+    if written < 12 + total:
+        _write_all(fd, memoryview(b"".join(parts))[written:])
+
+
+_FRAME_START = struct.Struct("<QI")
+
+
+def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
-        view = view[written:]
+        view = view[os.write(fd, view) :]
 
 
-def load_arg(blob):
-    """An argument array from the parent's .npy blob (a view into the job's writable
-    buffer), writable like any caller's array.
+_dtypes = {}
 
-    Parses NumPy's own header format directly: np.load parses it with ast.literal_eval,
-    which costs more than most student functions take to run."""
-    if bytes(blob[:8]) == b"\x93NUMPY\x01\x00":
-        (hlen,) = struct.unpack_from("<H", blob, 8)
-        header = bytes(blob[10 : 10 + hlen]).decode("latin1")
-        if header.startswith("{'descr': '") and "'fortran_order': False" in header:
-            descr = header[11 : header.index("'", 11)]
-            shape_text = header[header.index("'shape': (") + 10 : header.index(")")]
-            shape = tuple(int(n) for n in shape_text.split(",") if n.strip())
-            return np.frombuffer(blob[10 + hlen :], dtype=np.dtype(descr)).reshape(shape)
-    return np.load(io.BytesIO(bytes(blob)), allow_pickle=False)
+
+def load_arg(skel, blobs):
+    """An argument array: a view into the job's writable buffer, so writable like any
+    caller's array, without a copy."""
+    descr = skel["d"]
+    dtype = _dtypes.get(descr)
+    if dtype is None:
+        dtype = _dtypes[descr] = np.dtype(descr)
+    shape = skel["s"]
+    count = 1
+    for n in shape:
+        count *= n
+    return np.frombuffer(blobs[skel["a"]], dtype=dtype, count=count).reshape(shape)
 
 
 def decode(skel, blobs):
     """Arguments from the parent (trusted input)."""
     if "a" in skel:
-        return load_arg(blobs[skel["a"]])
+        return load_arg(skel, blobs)
     if "f" in skel:
         return float(skel["f"])
     if "i" in skel:
@@ -123,12 +162,30 @@ def decode(skel, blobs):
     raise ValueError("unknown argument encoding")
 
 
+_quote = json.encoder.encode_basestring_ascii  # a str as a JSON string, ASCII only
+_SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as json.dumps
+
+
+def _float(value):
+    text = float.__repr__(value)
+    return _SPECIAL_FLOATS.get(text, text)
+
+
+SAME = '{"=":1}'
+_IMMUTABLE = (int, float, type(None))
+
+
 class Encoder:
-    """Turns whatever the student returned into a skeleton plus npy blobs, or a marker
-    naming a type the parent cannot accept (object arrays, custom classes, ...)."""
+    """Turns whatever the student returned into a skeleton plus raw array blobs, or a
+    marker naming a type the parent cannot accept (object arrays, custom classes, ...).
+
+    The skeleton is written as JSON text directly (what json.dumps would write for the
+    dicts described in the module docstring): a frame's header is mostly skeleton, and
+    building dicts and dumping them cost more than most student functions take to run."""
 
     def __init__(self, numeric_lists=True):
         self.blobs = []
+        self.sizes = []
         self.nodes = 0
         self.numeric_lists = numeric_lists
 
@@ -136,20 +193,22 @@ class Encoder:
         self.nodes += 1
         if depth > MAX_DEPTH or self.nodes > MAX_NODES:
             raise _TooBig()
+        if type(value) is np.ndarray and value.dtype.kind in _ALLOWED_KINDS:
+            return self.array(value, "array")  # the usual answer, without the tests below
         if value is None:
-            return {"n": None}
+            return '{"n":null}'
         if isinstance(value, bool):
-            return {"b": value}
+            return '{"b":true}' if value else '{"b":false}'
         if isinstance(value, int):
-            return {"i": value} if abs(value) < 2**63 else {"f": float(value)}
+            return '{"i":%s}' % int.__repr__(value) if abs(value) < 2**63 else '{"f":%s}' % _float(float(value))
         if isinstance(value, float):
-            return {"f": value}
+            return '{"f":%s}' % _float(value)
         if isinstance(value, complex):
-            return {"c": [value.real, value.imag]}
+            return '{"c":[%s,%s]}' % (_float(float(value.real)), _float(float(value.imag)))
         if isinstance(value, (np.ndarray, np.generic)):
             array = np.asarray(value)
             if array.dtype.kind not in _ALLOWED_KINDS:
-                return {"u": "NumPy array of dtype " + str(array.dtype)}
+                return '{"u":%s}' % _quote("NumPy array of dtype " + str(array.dtype))
             kind = "array" if isinstance(value, np.ndarray) else "numpy scalar"
             if type(value) is not np.ndarray and isinstance(value, np.ndarray):
                 kind = type(value).__name__
@@ -162,28 +221,36 @@ class Encoder:
                     return self.array(np.asarray(value, dtype=np.float64), type(value).__name__)
                 except (ValueError, TypeError, OverflowError):
                     pass
-            key = "l" if isinstance(value, list) else "t"
-            return {key: [self.encode(v, depth + 1) for v in value]}
+            items = ",".join([self.encode(v, depth + 1) for v in value])
+            return ('{"l":[%s]}' if isinstance(value, list) else '{"t":[%s]}') % items
         if isinstance(value, dict):
             items = []
             for k, v in value.items():
-                items.append([k if isinstance(k, str) else repr(k)[:80], self.encode(v, depth + 1)])
-            return {"d": items}
+                items.append("[%s,%s]" % (_quote(k if isinstance(k, str) else repr(k)[:80]), self.encode(v, depth + 1)))
+            return '{"d":[%s]}' % ",".join(items)
         if isinstance(value, str):
-            return {"s": value[:200]}
+            return '{"s":%s}' % _quote(value[:200])
         type_name = type(value).__module__ + "." + type(value).__qualname__
         if hasattr(value, "__array__"):
             try:
                 array = np.asarray(value)
             except Exception:
-                return {"u": type_name}
+                return '{"u":%s}' % _quote(type_name)
             if array.dtype.kind in _ALLOWED_KINDS:
                 return self.array(array, type_name)
-        return {"u": type_name}
+        return '{"u":%s}' % _quote(type_name)
 
     def array(self, array, kind):
-        self.blobs.append(npy_bytes(array))
-        return {"a": len(self.blobs) - 1, "k": kind}
+        nbytes = array.nbytes
+        if nbytes <= 4096 or not array.flags.c_contiguous:
+            self.blobs.append(array.tobytes())
+        else:
+            self.blobs.append(array.reshape(-1).view(np.uint8))  # no copy of a large array
+        self.sizes.append(nbytes)
+        shape = ",".join(map(str, array.shape))
+        if kind == "array":
+            return '{"a":%d,"d":"%s","s":[%s]}' % (len(self.sizes) - 1, array.dtype.str, shape)
+        return '{"a":%d,"d":"%s","s":[%s],"k":%s}' % (len(self.sizes) - 1, array.dtype.str, shape, _quote(kind))
 
     def encode_after(self, before, after):
         """The arguments after the call, with every array that still equals its pristine
@@ -191,10 +258,12 @@ class Encoder:
         compares whatever did change; a student who forges "=" hides only their own bug."""
         if isinstance(before, np.ndarray) and isinstance(after, np.ndarray):
             if after.shape == before.shape and after.dtype == before.dtype and _same_values(after, before):
-                return {"=": 1}
+                return SAME
             return self.encode(after)
+        if after is before and type(before) in _IMMUTABLE:
+            return SAME  # a number (or None) the caller passed cannot have changed
         if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-            return {"l": [self.encode_after(b, a) for b, a in zip(before, after)]}
+            return '{"l":[%s]}' % ",".join([self.encode_after(b, a) for b, a in zip(before, after)])
         return self.encode(after)
 
 
@@ -204,15 +273,6 @@ def _same_values(a, b):
     if a.nbytes <= 65536:
         return a.tobytes() == b.tobytes()
     return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
-
-
-def npy_bytes(array):
-    """The .npy (version 1.0) encoding of a numeric array, as np.save writes it, without
-    np.save's per-call overhead."""
-    header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (array.dtype.str, array.shape)
-    pad = 63 - (10 + len(header)) % 64
-    header = (header + " " * pad + "\n").encode("latin1")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + array.tobytes()
 
 
 def format_error(exc):
@@ -292,6 +352,14 @@ def load_module(source):
 
 
 def check_signature(func, nargs):
+    """None if `func` takes `nargs` positional arguments, else why not. A plain function
+    is checked from its code object (inspect.signature costs a first call ~0.1 ms)."""
+    if type(func) is types.FunctionType and not {"__wrapped__", "__signature__"} & func.__dict__.keys():
+        code = func.__code__
+        required = code.co_argcount - len(func.__defaults__ or ())
+        kwonly_required = code.co_kwonlyargcount - len(func.__kwdefaults__ or ())
+        if kwonly_required == 0 and required <= nargs and (nargs <= code.co_argcount or code.co_flags & inspect.CO_VARARGS):
+            return None
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):
@@ -303,11 +371,12 @@ def check_signature(func, nargs):
     return None
 
 
-def _send(result_fd, output, header, blobs):
+def _send(result_fd, output, header):
     text, dropped = output.collect()
     if text or dropped:
-        header = dict(header, output=text, output_dropped=dropped)
-    write_frame(result_fd, header, blobs)
+        header["output"] = text
+        header["output_dropped"] = dropped
+    write_frame(result_fd, header)
 
 
 _signature_checked = {}
@@ -323,10 +392,12 @@ def run_call(module, call, blobs, result_fd, output):
     func = module.__dict__.get(name)
     reply = {"kind": "call", "index": call["index"]}
     if func is None:
-        _send(result_fd, output, dict(reply, status="missing"), [])
+        reply["status"] = "missing"
+        _send(result_fd, output, reply)
         return
     if not callable(func):
-        _send(result_fd, output, dict(reply, status="not_callable", detail=type(func).__name__), [])
+        reply.update(status="not_callable", detail=type(func).__name__)
+        _send(result_fd, output, reply)
         return
     args = [decode(a, blobs) for a in call["args"]]
     pristine = _copy_args(args)
@@ -335,48 +406,114 @@ def run_call(module, call, blobs, result_fd, output):
         _signature_checked[key] = check_signature(func, len(args))
     problem = _signature_checked[key]
     if problem is not None:
-        _send(result_fd, output, dict(reply, status="bad_signature", detail=problem), [])
+        reply.update(status="bad_signature", detail=problem)
+        _send(result_fd, output, reply)
         return
     start = time.perf_counter()
     try:
         value = func(*args)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the student's too
         reply.update(status="error", seconds=time.perf_counter() - start, error=format_error(exc))
-        _send(result_fd, output, reply, [])
+        _send(result_fd, output, reply)
         return
     seconds = time.perf_counter() - start
     encoder = Encoder()
     try:
         skeleton = encoder.encode(value)
         encoder.numeric_lists = False
-        after = {"l": [encoder.encode_after(b, a) for b, a in zip(pristine, args)]}
+        after = [encoder.encode_after(b, a) for b, a in zip(pristine, args)]
+        # "=": every argument is as it was given (the usual case), in one short string.
+        after = '"="' if all(a is SAME for a in after) else '{"l":[%s]}' % ",".join(after)
     except _TooBig:
-        _send(result_fd, output, dict(reply, status="too_complex", seconds=seconds), [])
+        reply.update(status="too_complex", seconds=seconds)
+        _send(result_fd, output, reply)
         return
     except BaseException as exc:
         reply.update(status="error", seconds=seconds, error=format_error(exc), during="encoding")
-        _send(result_fd, output, reply, [])
+        _send(result_fd, output, reply)
         return
-    _send(result_fd, output, dict(reply, status="ok", seconds=seconds, value=skeleton, args_after=after), encoder.blobs)
+    text, dropped = output.collect()
+    printed = ',"output":%s,"output_dropped":%d' % (_quote(text), dropped) if text or dropped else ""
+    head = '{"kind":"call","index":%d,"status":"ok","seconds":%s,"value":%s,"args_after":%s%s,"blobs":[%s]}' % (
+        call["index"], _float(seconds), skeleton, after, printed, ",".join(map(str, encoder.sizes)))
+    write_raw_frame(result_fd, head.encode("ascii"), encoder.blobs, encoder.sizes)
 
 
-def warm_up():
-    """Run the harness's own per-call work once on throwaway data, so the pages it touches
-    are copied from the zygote while this child is still a spare, not during a job."""
+WARM_SOURCE = """
+import numpy as np
+
+
+def sigmoid(t, axis=0):
+    return 1.0 / (1.0 + np.exp(-t))
+
+
+class Layer:
+    def __init__(self, W, b=None):
+        self.W, self.b = W, b
+
+    def backward(self, dout, x):
+        dx = dout @ self.W.T
+        dW = x.T @ dout
+        db = dout.sum(axis=0) if self.b is not None else None
+        return dx, dW, db
+
+
+def backward(dout, x, W, *rest, eps=1e-8, **options):
+    out = [g for g in (dout, x) if g is not None]
+    grads = {"x": None, "W": None}
+    total = 0.0
+    for i, (a, c) in enumerate(zip(out, out[1:])):
+        if i % 2 == 0 and a.shape != c.shape:
+            total += float(np.sum(a)) * eps
+        elif not isinstance(a, (list, tuple)):
+            continue
+    while total > 1:
+        total /= 2
+    try:
+        dx = np.maximum(dout, 0) * (x > 0) + np.where(x > 0, 1.0, 0.0) - np.tanh(x) ** 2
+        dx = dx + np.log1p(np.abs(x)) * np.sqrt(np.abs(dout)) / (1 + np.clip(x, -1, 1))
+    except (ValueError, TypeError) as exc:
+        raise RuntimeError(f"bad input {exc!r}: {x.shape}") from exc
+    finally:
+        pass
+    assert dx is not None, "missing"
+    dx = dx.mean(axis=-1, keepdims=True) + dx.reshape(-1)[:1].sum() + np.ones_like(dx) * np.zeros_like(dx).max()
+    dx = dx + (dout[:, None, :] * x[None]).sum(axis=1) + np.outer(dout[0], x[0])[: len(dx), : dx.shape[1]].T.T
+    return dx, Layer(W, W[0]).backward(dout, x), grads, [k ** 2 for k in range(3)], {k: v for k, v in grads.items()}
+"""
+
+
+def warm_up(stop=lambda: False):
+    """Run the harness's own per-call work once on throwaway data, and compile a small
+    module like a submission, so the pages this touches are copied from the zygote while
+    this child is still a spare, not during a job (compiling the file costs ~0.15 ms less).
+    Running more NumPy code here saved less in a job than it cost the spare. Gives up
+    between steps once `stop()` says a job is waiting: it must not delay one."""
     sample = np.arange(12.0).reshape(3, 4)
-    blob = memoryview(bytearray(npy_bytes(sample)))
-    args = [load_arg(blob), 1.5, [load_arg(blob)]]
-    encoder = Encoder()
-    encoder.encode((sample @ sample.T, {"k": np.outer(sample[0], sample[1])}, [1.0, 2.0]))
-    encoder.numeric_lists = False
-    encoder.encode_after(_copy_args(args), args)
-    json.dumps({"kind": "call", "index": 0, "status": "ok", "value": {"t": [{"a": 0}]}, "blobs": [1, 2]})
-    np.maximum(np.exp(sample), np.where(sample > 1, sample, 0)).sum(axis=0)
-    format_error(ValueError("warm"))
+    skel = {"a": 0, "d": "<f8", "s": [3, 4]}
+    view = memoryview(bytearray(sample.tobytes()))
+    args = [decode(skel, [view]), 1.5, [decode(skel, [view])]]
+    pristine = _copy_args(args)
+    namespace = {"__name__": "warm_up"}
+    steps = (
+        lambda: Encoder().encode((sample @ sample.T, {"k": np.outer(sample[0], sample[1])}, [1.0, 2.0, 3], 2.5, None, "s")),
+        lambda: Encoder(numeric_lists=False).encode_after(pristine, args),
+        lambda: json.dumps({"kind": "loaded", "ok": True, "seconds": 0.5, "blobs": []}),
+        lambda: exec(compile(WARM_SOURCE, "warm_up.py", "exec", dont_inherit=True), namespace),
+        lambda: check_signature(namespace["backward"], 3),
+        lambda: np.maximum(np.exp(sample), np.where(sample > 1, sample, 0)).sum(axis=0),
+        lambda: format_error(ValueError("warm")),
+        lambda: check_signature(namespace["sigmoid"], 3),  # too many arguments: the slow path
+    )
+    for step in steps:
+        if stop():
+            return
+        step()
 
 
 def serve(header, blobs, result_fd, output=None):
-    """Load the student's module and run every call of the job, one frame per call."""
+    """Load the student's module and run every call of the job, one frame per call; then
+    close the result fd, which tells the parent (waiting for that) that all is written."""
     limits = header.get("limits", {})
     output = output or Output(2048)
     output.cap = int(limits.get("output_bytes", 2048))
@@ -384,12 +521,16 @@ def serve(header, blobs, result_fd, output=None):
         start = time.perf_counter()
         module = load_module(header["source"])
     except BaseException as exc:
-        _send(result_fd, output, {"kind": "loaded", "ok": False, "error": format_error(exc)}, [])
-        return 0
-    _send(result_fd, output, {"kind": "loaded", "ok": True, "seconds": time.perf_counter() - start}, [])
-    for call in header["calls"]:
-        run_call(module, call, blobs, result_fd, output)
-    write_frame(result_fd, {"kind": "done"}, [])
+        _send(result_fd, output, {"kind": "loaded", "ok": False, "error": format_error(exc)})
+    else:
+        _send(result_fd, output, {"kind": "loaded", "ok": True, "seconds": time.perf_counter() - start})
+        for call in header["calls"]:
+            run_call(module, call, blobs, result_fd, output)
+        write_frame(result_fd, {"kind": "done"})
+    try:
+        os.close(result_fd)
+    except OSError:  # the student's code closed it (the parent then waits for the exit)
+        pass
     return 0
 
 
@@ -399,7 +540,7 @@ def main():
     import confine
 
     result_fd = int(sys.argv[1])
-    job = read_frame(sys.stdin.buffer)
+    job = read_job(0)
     if job is None:
         return 2
     header, blobs = job

@@ -5,19 +5,35 @@ back a `ChildHandle`: the write end of the job pipe, the read end of the result 
 a way to kill it. `run_job` streams the job in, reads framed results with a wall-clock
 deadline per call, kills the child on a timeout, a crash or a malformed frame, and starts
 a new child for the calls that remain, so a broken function costs only its own points.
+
+The child writes one frame per call as the call ends, but the parent is not woken for
+each: it polls the result pipe for hang-up only (the child closes it after its last frame,
+or dies), and reads what has arrived every millisecond or so while results keep coming
+(backing off while they do not), which is also how it sees which call is running. So a
+call's deadline runs from the moment the parent saw the previous call's result, at most
+one read interval after the call really started: a hanging call is killed up to
+`READ_INTERVAL_MAX` late, never early, and the results of the calls before it were in the
+pipe before it started. Large results (a pipe half full at a read) are read as they come.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-import selectors
+import select
 import time
 from typing import Any, Callable, Optional, Protocol
 
 from grader.runner.base import CallResult, Job, LoadResult, RunReport
-from grader.runner.protocol import Decoder, FrameReader, ProtocolError, clean_text, encode_job, error_of
+from grader.runner.protocol import UNCHANGED, Decoder, FrameReader, ProtocolError, clean_text, encode_job, error_of
 
 MAX_OUTPUT_TOTAL = 64 << 10
+READ_INTERVAL = 0.001  # seconds between reads of the result pipe while results arrive
+READ_INTERVAL_MAX = 0.004  # ... growing to this while none do (a child blocked on a full
+# pipe waits for the next read, and a hung call is killed up to this late)
+CHUNK = 1 << 20
+POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class SandboxFailure(Exception):
@@ -26,9 +42,12 @@ class SandboxFailure(Exception):
 
 class ChildHandle(Protocol):
     reports_confinement: bool  # sends "confined" (or "confinement_failed") before reading its job
-    job_fd: int  # write end of the job pipe (owned by the handle)
-    result_fd: int  # read end of the result pipe (owned by the handle)
+    job_fd: int  # write end of the job pipe (owned by the handle), once connected
+    result_fd: int  # read end of the result pipe (owned by the handle), once connected
     diagnostic_fds: list[int]  # extra read ends (the harness's own stderr), drained and kept
+
+    def connect(self) -> None:
+        """Wait until the pipes above are there (the job is encoded in the meantime)."""
 
     def kill(self) -> None: ...
 
@@ -146,7 +165,9 @@ class _Session:
     def run(self, child: ChildHandle) -> None:
         try:
             calls = [(i, self.job.calls[i].function, self.job.calls[i].args) for i in self.pending]
-            self._loop(child, encode_job(self.job.source, calls, self.limits()))
+            payload = encode_job(self.job.source, calls, self.limits())
+            child.connect()
+            self._loop(child, payload)
         finally:
             child.kill()
             child.close()
@@ -168,79 +189,129 @@ class _Session:
 
     def _loop(self, child: ChildHandle, payload: bytes) -> None:
         reader = FrameReader(self.job.max_result_bytes)
-        sel = selectors.DefaultSelector()
         for fd in (child.job_fd, child.result_fd, *child.diagnostic_fds):
             os.set_blocking(fd, False)
-        # A sandbox child first reports that it is confined; only then does it get its job,
-        # so a "confinement_failed" report can only come from the harness, never a student.
-        self.awaiting_confinement = child.reports_confinement
-        if not self.awaiting_confinement:
-            sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
-        sel.register(child.result_fd, selectors.EVENT_READ, "result")
-        for fd in child.diagnostic_fds:
-            sel.register(fd, selectors.EVENT_READ, "diagnostic")
-        sent = 0
-        outgoing = memoryview(payload)
-        deadline = self._deadline_after(time.monotonic())
         try:
-            while True:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    child.kill()
-                    self._fail("timeout", "budget" if time.monotonic() >= self.job_deadline else "")
-                    return
-                for key, _ in sel.select(timeout):
-                    if key.data == "job":
-                        try:
-                            sent += os.write(child.job_fd, outgoing[sent : sent + (1 << 20)])
-                        except (BrokenPipeError, OSError):
-                            sent = len(payload)
-                        if sent >= len(payload):
-                            sel.unregister(child.job_fd)
-                        continue
+            large = fcntl.fcntl(child.result_fd, F_GETPIPE_SZ) // 2
+        except OSError:
+            large = 32 << 10
+        poller = select.poll()
+        # A sandbox child reports that it is confined before it reads its job, so the first
+        # frame, "confined" or "confinement_failed", can only come from the harness, never
+        # from a student; the job is sent at once all the same (a spare that failed exits
+        # without reading it). Until that frame every byte on the result pipe wakes us;
+        # after it, only its hang-up (events 0: POLLHUP and POLLERR are always reported),
+        # unless results are large.
+        self.awaiting_confinement = child.reports_confinement
+        streaming = self.awaiting_confinement
+        poller.register(child.result_fd, POLLIN if streaming else 0)
+        for fd in child.diagnostic_fds:
+            poller.register(fd, POLLIN)
+        self.sent = 0
+        self.payload = memoryview(payload)
+        if not self._send_job(child):
+            poller.register(child.job_fd, POLLOUT)
+        now = time.monotonic()
+        deadline = self._deadline_after(now)
+        interval = READ_INTERVAL
+        next_read = now + interval
+        while True:
+            wake = deadline if streaming else min(deadline, next_read)
+            timeout = wake - time.monotonic()
+            events = poller.poll(timeout * 1000 if timeout > 0 else 0)
+            read_now = False
+            for fd, _ in events:
+                if fd == child.result_fd:
+                    read_now = True
+                elif fd == child.job_fd:
+                    if self._send_job(child):
+                        poller.unregister(fd)
+                else:
                     try:
-                        data = os.read(key.fd, 1 << 20)
+                        data = os.read(fd, CHUNK)
                     except BlockingIOError:
                         continue
                     except OSError:
                         data = b""
-                    if key.data == "diagnostic":
-                        if data:
-                            self.capture.add("<harness>", data)
-                        else:
-                            sel.unregister(key.fd)
-                        continue
-                    if not data:
-                        # The result pipe closed without a "done" frame: the child died.
-                        child.kill()
-                        self._fail("crashed", child.wait(5.0) or "it died")
-                        return
-                    try:
-                        frames = reader.feed(data)
-                    except ProtocolError as exc:
-                        child.kill()
-                        self._fail("too_large" if "exceeds" in str(exc) else "protocol", str(exc))
-                        return
-                    for header, blobs in frames:
-                        try:
-                            over = self._handle(header, blobs)
-                        except SandboxFailure:
-                            raise
-                        except Exception as exc:  # a forged frame must not take the grader down
-                            child.kill()
-                            self._fail("protocol", f"unreadable result ({type(exc).__name__})")
-                            return
-                        if over:
-                            return
-                        if header.get("kind") == "confined" and child.job_fd not in sel.get_map():
-                            sel.register(child.job_fd, selectors.EVENT_WRITE, "job")
-                        deadline = self._deadline_after(time.monotonic())
-                    if reader.error is not None:
-                        child.kill()
-                        self._fail("too_large" if "exceeds" in str(reader.error) else "protocol", str(reader.error))
-                        return
-        finally:
-            sel.close()
+                    if data:
+                        self.capture.add("<harness>", data)
+                    else:
+                        poller.unregister(fd)
+            now = time.monotonic()
+            if not (read_now or now >= next_read or now >= deadline):
+                continue
+            over, handled, nbytes, eof = self._read_results(child, reader)
+            if over:
+                return
+            now = time.monotonic()
+            if handled:
+                deadline = self._deadline_after(now)
+            if eof:
+                # The result pipe closed before the last frame: the child died.
+                child.kill()
+                self._fail("crashed", child.wait(5.0) or "it died")
+                return
+            if now >= deadline:
+                child.kill()
+                self._fail("timeout", "budget" if now >= self.job_deadline else "")
+                return
+            if not self.awaiting_confinement and streaming != (nbytes >= (large // 16 if streaming else large)):
+                # Results fill the pipe faster than the timer reads it: read as they come,
+                # until reads are small again.
+                streaming = not streaming
+                poller.modify(child.result_fd, POLLIN if streaming else 0)
+            interval = READ_INTERVAL if nbytes else min(interval * 2, READ_INTERVAL_MAX)
+            next_read = now + interval
+
+    def _send_job(self, child: ChildHandle) -> bool:
+        """Write what the job pipe takes of the job; True when all of it is sent."""
+        try:
+            while self.sent < len(self.payload):
+                self.sent += os.write(child.job_fd, self.payload[self.sent : self.sent + CHUNK])
+        except BlockingIOError:
+            return False
+        except OSError:  # the child is gone; its result pipe will say so
+            self.sent = len(self.payload)
+        return True
+
+    def _read_results(self, child: ChildHandle, reader: FrameReader) -> tuple[bool, bool, int, bool]:
+        """Read and handle what the result pipe holds: (session over, frames handled,
+        bytes read, end of file)."""
+        handled, nbytes = False, 0
+        while True:
+            try:
+                data = os.read(child.result_fd, CHUNK)
+            except BlockingIOError:
+                return False, handled, nbytes, False
+            except OSError:
+                data = b""
+            if not data:
+                return False, handled, nbytes, True
+            nbytes += len(data)
+            try:
+                frames = reader.feed(data)
+            except ProtocolError as exc:
+                child.kill()
+                self._fail("too_large" if "exceeds" in str(exc) else "protocol", str(exc))
+                return True, handled, nbytes, False
+            for header, blobs in frames:
+                handled = True
+                try:
+                    over = self._handle(header, blobs)
+                except SandboxFailure:
+                    raise
+                except Exception as exc:  # a forged frame must not take the grader down
+                    child.kill()
+                    self._fail("protocol", f"unreadable result ({type(exc).__name__})")
+                    return True, handled, nbytes, False
+                if over:
+                    return True, handled, nbytes, False
+            if reader.error is not None:
+                child.kill()
+                self._fail("too_large" if "exceeds" in str(reader.error) else "protocol", str(reader.error))
+                return True, handled, nbytes, False
+            if len(data) < CHUNK:
+                return False, handled, nbytes, False  # the pipe is (nearly) empty; a hang-up wakes us
 
     def _handle(self, header: dict[str, Any], blobs: list[bytes]) -> bool:
         """Record one frame; True when the session is over."""
@@ -278,7 +349,7 @@ class _Session:
         if kind != "call" or header.get("index") != current or current is None:
             self._fail("protocol", "an unexpected message arrived on the result channel")
             return True
-        self.results[current] = _call_result(header, blobs)
+        self.results[current] = _call_result(header, blobs, len(self.job.calls[current].args))
         self.pending.pop(0)
         return False
 
@@ -307,14 +378,16 @@ def _seconds(header: dict[str, Any]) -> Optional[float]:
     return value if 0.0 <= value < 1e6 else None
 
 
-def _call_result(header: dict[str, Any], blobs: list[bytes]) -> CallResult:
+def _call_result(header: dict[str, Any], blobs: list[memoryview], nargs: int) -> CallResult:
     status = header.get("status")
     seconds = _seconds(header)
     if status == "ok":
         decoder = Decoder(blobs)
         try:
             value = decoder.decode(header.get("value"))
-            after = decoder.decode(header.get("args_after"))
+            after = header.get("args_after")
+            # "=": the child found every argument as it was given.
+            after = [UNCHANGED] * nargs if after == "=" else decoder.decode(after)
             decoder.finish()
         except ProtocolError as exc:
             return CallResult("protocol", detail=str(exc), seconds=seconds)

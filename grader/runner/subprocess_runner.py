@@ -8,6 +8,7 @@ the sandbox is measured against, and the explicit, loudly logged development mod
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from grader.runner.base import Job, RunReport
 from grader.runner.session import run_job
 
 CHILD = Path(__file__).with_name("child.py")
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 CHILD_ENV = {
     "PATH": "/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -49,6 +52,13 @@ class _Process:
         self.scratch = tempfile.mkdtemp(prefix="grader-run-")
         job_r, self.job_fd = os.pipe()
         self.result_fd, result_w = os.pipe()
+        for fd in (self.job_fd, result_w):
+            # As in the sandbox: a job's arguments and results fit, so neither side waits
+            # for the other (the parent reads results on a timer, not as each arrives).
+            try:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+            except OSError:
+                pass
         err_r, err_w = os.pipe()
         self.diagnostic_fds = [err_r]
         try:
@@ -70,6 +80,9 @@ class _Process:
         finally:
             for fd in (job_r, result_w, err_w):
                 os.close(fd)
+
+    def connect(self) -> None:
+        pass
 
     def kill(self) -> None:
         """SIGKILL the child and anything it started in its session."""

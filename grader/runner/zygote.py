@@ -4,15 +4,21 @@ Standalone (standard library, NumPy, and `child`/`confine` beside it). NumPy is 
 here once, so each child starts with it loaded; that is what makes a submission cost
 milliseconds instead of a fresh interpreter's ~150 ms.
 
-The zygote keeps one spare child forked ahead of time. The spare closes every fd but its
+The zygote keeps SPARES children forked ahead of time. A spare closes every fd but its
 two pipes, moves into its own session and scratch directory, confines itself (Landlock,
-seccomp) and then blocks reading its job pipe, so fork and confinement are off the
-critical path. Control channel: a SOCK_SEQPACKET socket from the trusted parent, one JSON
-message per packet. `run` answers `started` with the spare's pipe ends (SCM_RIGHTS): the
-write end of its job pipe and the read end of its result pipe, so the child's data flows
-straight to the parent and the zygote never handles it. `kill` SIGKILLs a child, `ping`
-checks health; the zygote reports `exited` with the raw wait status. The child applies
-its job's rlimits after reading the job, before loading the student's file.
+seccomp), warms up and then blocks reading its job pipe, so fork and confinement are off
+the critical path. With two, a job that follows another at once still finds one ready:
+the replacement for a used spare is forked once its child has exited, and only when no
+control message is waiting, so it never delays handing over a spare. Spares run no
+student code, and a running job cannot reach them (Landlock scopes signals and files,
+seccomp denies ptrace and the like).
+
+Control channel: a SOCK_SEQPACKET socket from the trusted parent, one JSON message per
+packet. `run` answers `started` with the spare's pipe ends (SCM_RIGHTS): the write end of
+its job pipe and the read end of its result pipe, so the child's data flows straight to
+the parent and the zygote never handles it. `kill` SIGKILLs a child, `ping` checks
+health; the zygote reports `exited` with the raw wait status. The child applies its job's
+rlimits after reading the job, before loading the student's file.
 """
 
 import fcntl
@@ -33,7 +39,9 @@ import confine
 
 MAX_MESSAGE = 65536
 PIPE_BYTES = 1 << 20
+JOB_BUFFER = 256 << 10  # a spare's receive buffer; a larger job gets one of its own
 MIN_FREE_FRACTION = 0.5  # of scratch blocks and inodes; below it the zygote retires
+SPARES = 2
 
 
 class Retire(Exception):
@@ -88,8 +96,9 @@ class Zygote:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        self.children = {}  # pid -> (job id or None for the spare, scratch dir)
-        self.spare = None  # (pid, job write end, result read end)
+        self.children = {}  # pid -> (job id or None for a spare, scratch dir)
+        self.spares = []  # (pid, job write end, result read end), oldest first
+        self.replenish = False  # a job's child has exited: fork spares up to SPARES
         self.serial = 0
 
     def make_spare(self):
@@ -117,18 +126,17 @@ class Zygote:
         os.close(job_r)
         os.close(result_w)
         self.children[pid] = (None, scratch)
-        self.spare = (pid, job_w, result_r)
+        self.spares.append((pid, job_w, result_r))
 
     def run(self, job_id):
-        if self.spare is None:
+        if not self.spares:
             self.make_spare()
-        pid, job_w, result_r = self.spare
-        self.spare = None
+        pid, job_w, result_r = self.spares.pop(0)
         self.children[pid] = (job_id, self.children[pid][1])
         send(self.ctl, {"op": "started", "id": job_id, "pid": pid}, (job_w, result_r))
         os.close(job_w)
         os.close(result_r)
-        # The next spare is forked when this child exits (see reap), while the parent
+        # The replacement is forked when this child exits (see loop), while the parent
         # compares results: forking now would compete with the job for the CPU.
 
     def kill(self, job_id):
@@ -140,30 +148,45 @@ class Zygote:
                     pass
 
     def reap(self):
+        reaped = False
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             job_id, scratch = self.children.pop(pid, (None, None))
             if scratch:
                 remove_tree(scratch)  # nothing a child wrote outlives it
-                check_scratch(self.config["scratch_root"])
-            if self.spare is not None and self.spare[0] == pid:
+                reaped = True
+            if any(spare[0] == pid for spare in self.spares):
                 # A spare dies unused only if it could not confine itself: forking more
                 # would fail the same way, so stop and let the parent report it.
                 raise Retire("a spare child exited before use (status %d)" % status)
             send(self.ctl, {"op": "exited", "id": job_id, "status": status})
-            if self.spare is None and not any(owner is not None for owner, _ in self.children.values()):
-                self.make_spare()
+            self.replenish = True
+        if reaped and not any(owner is not None for owner, _ in self.children.values()):
+            # Only with no job running: a job may still be filling its own scratch, and a
+            # child that exited a moment ago may not be reaped (and its tree removed) yet.
+            check_scratch(self.config["scratch_root"])
 
     def loop(self):
-        self.make_spare()
+        # What every child does first, done once here: its lazily built state (the seccomp
+        # program's template, caches of the compiler and of NumPy) is then inherited.
+        child.warm_up()
+        confine.filter_for(os.getpid())
+        for _ in range(SPARES):
+            self.make_spare()
         send(self.ctl, {"op": "ready", "landlock_abi": confine.landlock_abi(), "pid": os.getpid()})
         while True:
-            readable, _, _ = select.select([self.ctl, self.wake_r], [], [])
+            if self.replenish and len(self.spares) >= SPARES:
+                self.replenish = False
+            # A missing spare is forked only when no message waits: a "run" comes first.
+            readable, _, _ = select.select([self.ctl, self.wake_r], [], [], 0 if self.replenish else None)
+            if not readable:
+                self.make_spare()
+                continue
             if self.wake_r in readable:
                 try:
                     while os.read(self.wake_r, 512):
@@ -186,7 +209,8 @@ class Zygote:
             elif op == "kill":
                 self.kill(message.get("id"))
             elif op == "ping":
-                send(self.ctl, {"op": "pong", "children": len(self.children)})
+                jobs = sum(1 for owner, _ in self.children.values() if owner is not None)
+                send(self.ctl, {"op": "pong", "children": len(self.children), "jobs": jobs, "spares": len(self.spares)})
         self.kill_all()
 
     def kill_all(self):
@@ -231,9 +255,13 @@ def run_child(job_fd, result_fd, scratch, config):
         return 3
     child.write_frame(result_fd, {"kind": "confined"}, [])
     output = child.Output(2048)  # the capture file, made while still a spare
-    child.warm_up()  # copy-on-write faults of the harness's hot paths, off the critical path
-    with os.fdopen(job_fd, "rb") as stream:
-        job = child.read_frame(stream)
+    buffer = bytearray(JOB_BUFFER)  # zero-filled: its pages are faulted in now, not in the job
+    # Copy-on-write faults of the harness's hot paths, off the critical path; cut short
+    # when the job arrives (jobs back to back), which it must not delay.
+    child.warm_up(stop=lambda: bool(select.select([job_fd], [], [], 0)[0]))
+    job = child.read_job(job_fd, buffer)
+    os.close(job_fd)
+    del buffer
     if job is None:
         return 2
     header, blobs = job
