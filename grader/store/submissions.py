@@ -36,15 +36,20 @@ def log_event(event: str, submission_id: int, **fields: Any) -> None:
     log.info("submission=%s event=%s %s", submission_id, event, extra)
 
 
+def assignment_policy(assignment: Assignment, extension: Optional[dt.datetime] = None) -> LatePolicy:
+    """The assignment's late policy, for a student with this extension (or none)."""
+    return LatePolicy(
+        due_at=effective_due(assignment.due_at, extension),
+        penalty_per_day=assignment.late_penalty_per_day,
+        cutoff_days=assignment.late_cutoff_days,
+    )
+
+
 def policy_for(session: Session, assignment: Assignment, user_id: int) -> LatePolicy:
     ext = session.scalar(
         select(Extension.due_at).where(Extension.assignment_id == assignment.id, Extension.user_id == user_id)
     )
-    return LatePolicy(
-        due_at=effective_due(assignment.due_at, ext),
-        penalty_per_day=assignment.late_penalty_per_day,
-        cutoff_days=assignment.late_cutoff_days,
-    )
+    return assignment_policy(assignment, ext)
 
 
 def used_submissions(session: Session, assignment_id: int, user_id: int) -> int:

@@ -42,7 +42,7 @@ from wtforms.fields import DateTimeLocalField
 from wtforms.validators import ValidationError
 from wtforms.validators import DataRequired, Length, Optional as Blank
 
-from grader.policy import LatePolicy, effective_due, fmt_time
+from grader.policy import fmt_time
 from grader.spec import SpecError, builtin_dir, builtin_ids
 from grader.spec.load import SPEC_FILE
 from grader.store import accounts, catalog, specs
@@ -747,9 +747,9 @@ def _assignment_page(course: Course, assignment: Assignment, status: int = 200, 
     zip_form: ZipSpecForm = context.pop("zip_form", None) or ZipSpecForm(formdata=None)
     for form in (text_form, zip_form):
         form.regrade.label.text = f"Regrade all {n_subs} submission(s) against the new version (if it passes its self-test)"
-    policy = LatePolicy(assignment.due_at, assignment.late_penalty_per_day, assignment.late_cutoff_days)
+    policy = subs.assignment_policy(assignment)
     extensions = [
-        (ext, student, LatePolicy(effective_due(assignment.due_at, ext.due_at), cutoff_days=policy.cutoff_days).closes_at)
+        (ext, student, subs.assignment_policy(assignment, ext.due_at).closes_at)
         for ext, student in db().execute(
             select(Extension, User).join(User, User.id == Extension.user_id)
             .where(Extension.assignment_id == assignment.id).order_by(User.email)

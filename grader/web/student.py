@@ -42,7 +42,7 @@ from grader.spec import SpecError
 from grader.store import catalog
 from grader.store.db import utcnow
 from grader.store.models import Assignment, AssignmentVersion, Course, Membership, Submission, User
-from grader.store.submissions import create_submission, policy_for
+from grader.store.submissions import assignment_policy, create_submission, policy_for
 from grader.web.access import assignment_for, course_for, is_staff, submission_for, user
 from grader.web.database import db
 from grader.web.extensions import limiter
@@ -199,11 +199,7 @@ def standings(session: Session, who: User, assignments: Sequence[Assignment], no
 
 def _course_policy(assignment: Assignment) -> LatePolicy:
     """The assignment's policy before any student's extension (what staff see)."""
-    return LatePolicy(
-        due_at=assignment.due_at,
-        penalty_per_day=assignment.late_penalty_per_day,
-        cutoff_days=assignment.late_cutoff_days,
-    )
+    return assignment_policy(assignment)
 
 
 @bp.get("/")
