@@ -4,6 +4,7 @@ codes cannot be probed."""
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import urlsplit
 
 from flask import abort
 from flask_login import current_user
@@ -61,3 +62,27 @@ def submission_for(submission_id: int, who: Optional[User] = None) -> tuple[Subm
 
 def is_staff(role: Optional[str]) -> bool:
     return role in STAFF
+
+
+def courses_of(who: User) -> list[tuple[Course, str]]:
+    """The user's courses with their role in each, by course code."""
+    return [
+        (course, role)
+        for course, role in db().execute(
+            select(Course, Membership.role)
+            .join(Membership, Membership.course_id == Course.id)
+            .where(Membership.user_id == who.id)
+            .order_by(Course.code)
+        ).all()
+    ]
+
+
+def local_path(target: Optional[str]) -> Optional[str]:
+    """`target` if it is a path on this site, else None: a redirect to anywhere else (an
+    open redirect) is a phishing gift."""
+    if not target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target

@@ -153,12 +153,7 @@ def _submit_rate() -> str:
 @bp.get("/me")
 def me() -> Response:
     who = _require_user()
-    rows = db().execute(
-        select(Course, Membership.role)
-        .join(Membership, Membership.course_id == Course.id)
-        .where(Membership.user_id == who.id)
-        .order_by(Course.code)
-    ).all()
+    rows = access.courses_of(who)
     return _json(
         {
             "id": who.id,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any, Callable, Optional, Sequence
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import login_required
@@ -66,16 +65,6 @@ class RegradeAssignmentForm(FlaskForm):
 
 def _staff_course(code: str) -> tuple[Course, str]:
     return access.course_for(code, *access.STAFF)
-
-
-def _safe_back(target: Optional[str]) -> Optional[str]:
-    """Where a form came from, if it is a local path (never an open redirect)."""
-    if not target:
-        return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return None
-    return target
 
 
 def submission_url(submission_id: int) -> str:
@@ -281,7 +270,7 @@ def regrade_assignment(code: str, slug: str) -> Any:
     form = RegradeAssignmentForm()
     if not form.validate_on_submit():
         return _assignment_page(course, role, found, form), 400
-    back = _safe_back(form.next.data) or url_for(".assignment", code=course.code, slug=found.slug)
+    back = access.local_path(form.next.data) or url_for(".assignment", code=course.code, slug=found.slug)
     if found.current_version_id is None:
         flash("This assignment has no current spec version to regrade against; add one first.", "error")
         return redirect(back)
@@ -339,7 +328,7 @@ def regrade_submission(submission_id: int) -> Any:
     assignment = sub.assignment
     course = assignment.course
     # Back to the page the form was on (`next`), else to the submission, to watch it regrade.
-    back = _safe_back(form.next.data) or submission_url(sub.id)
+    back = access.local_path(form.next.data) or submission_url(sub.id)
     if assignment.current_version_id is None:
         flash("This assignment has no current spec version to regrade against; add one first.", "error")
         return redirect(back)

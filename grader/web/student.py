@@ -41,9 +41,9 @@ from grader.policy import LatePolicy, NotAccepted, Scored, check_accepting, coun
 from grader.spec import SpecError
 from grader.store import catalog
 from grader.store.db import utcnow
-from grader.store.models import Assignment, AssignmentVersion, Course, Membership, Submission, User
+from grader.store.models import Assignment, AssignmentVersion, Course, Submission, User
 from grader.store.submissions import assignment_policy, create_submission, policy_for
-from grader.web.access import assignment_for, course_for, is_staff, submission_for, user
+from grader.web.access import assignment_for, course_for, courses_of, is_staff, submission_for, user
 from grader.web.database import db
 from grader.web.extensions import limiter
 from grader.web.render import fmt_shape, render_markdown, source_lines
@@ -206,14 +206,8 @@ def _course_policy(assignment: Assignment) -> LatePolicy:
 @login_required
 def home() -> Any:
     me = user()
-    memberships = db().execute(
-        select(Course, Membership.role)
-        .join(Membership, Membership.course_id == Course.id)
-        .where(Membership.user_id == me.id)
-        .order_by(Course.code)
-    ).all()
     courses = []
-    for course, role in memberships:
+    for course, role in courses_of(me):
         staff = is_staff(role)
         assignments = [a for a in course.assignments if staff or a.published]
         mine = {} if staff else standings(db(), me, assignments)
