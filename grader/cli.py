@@ -164,8 +164,9 @@ def check_assignment(path: str, solution: Optional[str]) -> None:
     except (SandboxUnavailable, SandboxFailure) as exc:
         _fail(str(exc), code=3)
     click.echo(f"{assignment.id} v{assignment.spec.version}: {len(assignment.functions)} functions, {assignment.max_score:g} points")
+    # A note may hold a small table (the mutants' report): its lines go under the note's text.
     for note in report.notes:
-        click.echo(f"  ok: {note}")
+        click.echo(f"  ok: {note}".replace("\n", "\n      "))
     for warning in report.warnings:
         click.echo(f"  warning: {warning}")
     for problem in report.problems:

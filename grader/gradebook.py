@@ -501,6 +501,85 @@ def pass_rates(results: Iterable[Sequence[tuple[str, str]]], functions: Sequence
     ]
 
 
+# A recognised mistake in one output of one function: (function, output, mistake name).
+Made = tuple[str, str, str]
+
+
+def mistakes_of(result: Optional[Mapping[str, object]]) -> list[Made]:
+    """The recognised mistakes of a stored result, per part and output (`outputs[].mistakes`);
+    tolerant of odd or old results, which simply have none."""
+    if not isinstance(result, Mapping) or not isinstance(result.get("parts"), list):
+        return []
+    out: list[Made] = []
+    for part in result["parts"]:  # type: ignore[union-attr]
+        if not isinstance(part, Mapping) or not isinstance(part.get("function"), str):
+            continue
+        outputs = part.get("outputs")
+        for o in outputs if isinstance(outputs, list) else []:
+            if not isinstance(o, Mapping) or not isinstance(o.get("mistakes"), list):
+                continue
+            name = str(o.get("name") or "")
+            out.extend((str(part["function"]), name, m) for m in o["mistakes"] if isinstance(m, str) and m)
+    return out
+
+
+@dataclass(frozen=True)
+class MistakeCount:
+    """How many students made one recognised mistake: still in the submission that counts,
+    and on any graded submission (a student who fixed it is in `ever` only)."""
+
+    function: str
+    output: str
+    mistake: str
+    counted: tuple[StudentInfo, ...]  # by name
+    ever: tuple[StudentInfo, ...]  # by name; includes every student in `counted`
+
+    @property
+    def fixed(self) -> tuple[StudentInfo, ...]:
+        """Made it on an earlier submission, not in the one that counts."""
+        now = {s.id for s in self.counted}
+        return tuple(s for s in self.ever if s.id not in now)
+
+    @property
+    def label(self) -> str:
+        where = f"{self.function} · {self.output}" if self.output else self.function
+        return f"{where}: {self.mistake}"
+
+
+def mistake_counts(
+    students: Iterable[StudentInfo],
+    counted: Mapping[int, Iterable[Made]],
+    submitted: Iterable[tuple[int, Iterable[Made]]],
+    functions: Sequence[str] = (),
+) -> list[MistakeCount]:
+    """Per recognised mistake, the distinct `students` whose counted submission made it
+    (`counted`: student id -> its mistakes) and who made it on any graded submission
+    (`submitted`: one (student id, mistakes) per submission). Anyone not in `students`
+    (staff trying the assignment) is left out. Ordered by function as in the spec (`functions`;
+    others after), then most students first, so the top of each function is what the next
+    lecture should address."""
+    by_id = {s.id: s for s in students}
+    now: dict[Made, set[int]] = {}
+    ever: dict[Made, set[int]] = {}
+    for sid, made in counted.items():
+        if sid in by_id:
+            for key in set(made):
+                now.setdefault(key, set()).add(sid)
+                ever.setdefault(key, set()).add(sid)  # the counted submission is one of theirs
+    for sid, made in submitted:
+        if sid in by_id:
+            for key in set(made):
+                ever.setdefault(key, set()).add(sid)
+    order = {name: i for i, name in enumerate(functions)}
+
+    def people(ids: set[int]) -> tuple[StudentInfo, ...]:
+        return tuple(sorted((by_id[i] for i in ids), key=lambda s: s.sort_name))
+
+    out = [MistakeCount(f, o, m, people(now.get((f, o, m), set())), people(ids)) for (f, o, m), ids in ever.items()]
+    out.sort(key=lambda c: (order.get(c.function, len(order)), c.function, -len(c.counted), -len(c.ever), c.output, c.mistake))
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # CSV export in a shape LMS gradebook imports accept: one row per student, identified by
 # email (Canvas' "SIS Login ID", Moodle's and Blackboard's email/username match), then one

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from grader.catching import Gradings, MutantCheck, check_mutants, check_relations, mutant_warning
 from grader.compare import check_leaf
 from grader.grade import grade_bytes
 from grader.runner import Returned, Runner
@@ -29,6 +30,8 @@ class SelfTestReport:
     problems: list[str] = field(default_factory=list)  # any problem fails the check
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Per declared mutant, how many trials of a grading it fails (also summarised in `notes`).
+    mutants: list[MutantCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,6 +64,7 @@ def self_test(
 
 def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...], report: SelfTestReport) -> None:
     trials: list[Trial] = []
+    gradings: Gradings = {}
     for seed in seeds:
         try:
             first = make_trials(assignment, fn, seed)
@@ -71,6 +75,7 @@ def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...]
         if not all(_same(a.args, b.args) and _same(a.expected, b.expected) for a, b in zip(first, again)):
             report.problems.append(f"{fn.name}: trials are not reproducible from the seed")
         trials.extend(first)
+        gradings[seed] = first
     visible = [t for t in trials if not t.hidden]
     if not visible:
         report.warnings.append(f"{fn.name}: every trial is hidden, so students never see a failing input")
@@ -92,26 +97,44 @@ def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...]
             continue  # finite differences on the large trials would be slow and say nothing more
         checked += _fd_check(fn, trial, rng, report)
     report.notes.append(f"{fn.name}: {len(trials)} trials over {len(seeds)} seeds; {checked} gradient entries match finite differences")
-    _check_mutants(fn, visible or trials, report)
+    _check_mutants(assignment, fn, gradings, report)
+    warnings, notes = check_relations(assignment, fn, gradings)
+    report.warnings.extend(warnings)
+    report.notes.extend(notes)
 
 
-def _check_mutants(fn: Function, trials: list[Trial], report: SelfTestReport) -> None:
-    """Every mutant must evaluate, and differ from the reference somewhere, or it could never be named."""
-    from grader.mistakes import differs, mutant_outputs
-
-    before = len(report.problems) + len(report.warnings)
-    for m, mutant in enumerate(fn.spec.mutants):
-        try:
-            distinct = any(differs(mutant_outputs(fn, m, t), t.expected) for t in trials)
-        except (ValueError, ArithmeticError) as exc:
-            report.problems.append(f"{fn.name}: mutant {mutant.name!r} cannot be evaluated: {exc}")
-            continue
-        if not distinct:
-            report.warnings.append(
-                f"{fn.name}: mutant {mutant.name!r} gives the expected answers on every trial, so it can never be recognised"
+def _check_mutants(assignment: Assignment, fn: Function, gradings: Gradings, report: SelfTestReport) -> None:
+    """Every mutant must evaluate and fail at least one trial of every grading (all trials of
+    a seed, visible and hidden, compared as a submission's answers are), or a student who
+    makes that mistake would get full marks and never hear of it."""
+    if not fn.spec.mutants:
+        return
+    try:
+        checks = check_mutants(assignment, fn, gradings)
+    except (ValueError, ArithmeticError) as exc:
+        report.problems.append(f"{fn.name}: {exc}")
+        return
+    report.mutants.extend(checks)
+    tol = assignment.spec.tolerance
+    for check in checks:
+        warning = mutant_warning(fn, check, tol)
+        if warning:
+            report.warnings.append(warning)
+        elif check.hidden_only:
+            report.notes.append(
+                f"{fn.name}: mutant {check.name!r} is caught on hidden trials only, so a student who makes this "
+                "mistake never sees a failing input; consider a visible case that catches it"
             )
-    if fn.spec.mutants and len(report.problems) + len(report.warnings) == before:
-        report.notes.append(f"{fn.name}: {len(fn.spec.mutants)} mutant(s) evaluate and differ from the reference")
+    first = checks[0].first
+    caught = sum(1 for c in checks if not c.missed_seeds)
+    if caught == len(checks):
+        head = f"{len(checks)} mutant(s) evaluate and differ from the reference, each caught by every grading"
+    else:
+        head = f"{len(checks)} mutant(s) evaluate; {caught} of them caught by every grading (see the warnings)"
+    report.notes.append(
+        f"{fn.name}: {head}. On the trials of one grading (seed {first.seed}: {first.trials} trials, "
+        f"{first.visible} visible, {first.hidden} hidden):\n" + "\n".join("  " + c.line() for c in checks)
+    )
 
 
 def _as_returned(expected: Any) -> Any:

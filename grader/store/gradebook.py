@@ -7,10 +7,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
-from grader.gradebook import AssignmentInfo, StatusCounts, StudentInfo, SubmissionInfo
+from grader.gradebook import AssignmentInfo, Made, StatusCounts, StudentInfo, SubmissionInfo
+from grader.gradebook import mistakes_of as gb_mistakes_of
 from grader.store.models import Assignment, AssignmentVersion, Extension, Membership, Submission, User
 
 # Bound parameters per IN (...) list: well below SQLite's and PostgreSQL's limits.
@@ -137,6 +138,44 @@ def results_of(session: Session, submission_ids: Sequence[int]) -> dict[int, Any
     for chunk in _chunks(list(submission_ids)):
         rows = session.execute(select(Submission.id, Submission.result).where(Submission.id.in_(chunk))).all()
         out.update({sid: result for sid, result in rows})
+    return out
+
+
+# PostgreSQL unnests the result JSON itself, so only (submission, function, output, mistake)
+# rows cross the wire instead of whole results with every trial. Anything of an unexpected
+# JSON type (an old or odd result) unnests to nothing rather than failing the page.
+_PG_MISTAKES = text(
+    """
+    SELECT s.id, p.value ->> 'function', o.value ->> 'name', m.value #>> '{}'
+    FROM submissions AS s
+    CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(s.result -> 'parts') = 'array'
+        THEN s.result -> 'parts' ELSE '[]'::jsonb END) AS p
+    CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(p.value -> 'outputs') = 'array'
+        THEN p.value -> 'outputs' ELSE '[]'::jsonb END) AS o
+    CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(o.value -> 'mistakes') = 'array'
+        THEN o.value -> 'mistakes' ELSE '[]'::jsonb END) AS m
+    WHERE s.id IN :ids AND jsonb_typeof(m.value) = 'string' AND jsonb_typeof(p.value -> 'function') = 'string'
+    """
+).bindparams(bindparam("ids", expanding=True))
+
+
+def mistakes_of(session: Session, submission_ids: Sequence[int]) -> dict[int, list[Made]]:
+    """The recognised mistakes (function, output, mistake) of these submissions, read in
+    chunks; submissions without any are left out."""
+    out: dict[int, list[Made]] = {}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for chunk in _chunks(list(submission_ids)):
+        if postgres:
+            for sid, function, output, mistake in session.execute(_PG_MISTAKES, {"ids": chunk}).all():
+                if mistake:
+                    out.setdefault(sid, []).append((function, output or "", mistake))
+            continue
+        # Elsewhere (SQLite) only the parts are read, and reduced to their mistakes chunk by chunk.
+        rows = session.execute(select(Submission.id, Submission.result["parts"]).where(Submission.id.in_(chunk))).all()
+        for sid, parts in rows:
+            made = gb_mistakes_of({"parts": parts})
+            if made:
+                out[sid] = made
     return out
 
 

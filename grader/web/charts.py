@@ -9,12 +9,13 @@ from typing import Sequence
 
 from markupsafe import Markup, escape
 
-from grader.gradebook import Bin, PassRate
+from grader.gradebook import Bin, MistakeCount, PassRate
 
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, sans-serif"'
 BAR = "#2456c9"
 PASS = "#1f7a3f"
 PARTIAL = "#c98a00"
+MISTAKE = "#b3261e"
 GRID = "#d9dde5"
 INK = "#1d2330"
 MUTED = "#5d6575"
@@ -161,6 +162,63 @@ def pass_rate_svg(chart_id: str, rates: Sequence[PassRate], title: str) -> Marku
         out.append(
             f'<text x="{left + plot_w / 2:.0f}" y="{top + row_h / 2 + 4:.0f}" text-anchor="middle" fill="{MUTED}">'
             "no counted submissions yet</text>"
+        )
+    out.append("</svg>")
+    return Markup("\n".join(out))
+
+
+def mistakes_svg(chart_id: str, counts: Sequence[MistakeCount], title: str) -> Markup:
+    """Horizontal bars, one per recognised mistake (function, output and name above its
+    bar): how many students made it on any submission (light) and how many still make it
+    in the submission that counts (solid, drawn over it)."""
+    width = 640
+    left, right, top, row_h, bottom = 12, 150, 24, 42, 30
+    plot_w = width - left - right
+    rows = max(1, len(counts))
+    height = top + row_h * rows + bottom
+    ticks = _ticks(max((len(c.ever) for c in counts), default=0))
+    x_max = ticks[-1] or 1
+    desc = "Students per recognised mistake, in the submission that counts and on any submission: " + "; ".join(
+        f"{c.label}: {len(c.counted)} now, {len(c.ever)} at some point" for c in counts
+    )
+    if not counts:
+        desc = "No recognised mistakes yet."
+    out = _open(chart_id, width, height, title, desc)
+    bottom_y = top + row_h * rows
+
+    def x(v: float) -> float:
+        return left + plot_w * v / x_max
+
+    for t in ticks:
+        out.append(f'<line x1="{_n(x(t))}" x2="{_n(x(t))}" y1="{top - 4}" y2="{bottom_y}" stroke="{GRID}" stroke-width="1"/>')
+        out.append(
+            f'<text x="{_n(x(t))}" y="{bottom_y + 16}" text-anchor="middle" fill="{MUTED}" font-size="11" '
+            f'aria-hidden="true">{t}</text>'
+        )
+    for i, c in enumerate(counts):
+        y = top + i * row_h
+        out.append(
+            f'<text x="{left}" y="{y + 12}" fill="{INK}" font-size="11" aria-hidden="true">'
+            f"{escape(_short(c.label, 90))}</text>"
+        )
+        out.append(
+            f'<rect class="bar ever" x="{left}" y="{y + 17}" width="{_n(x(len(c.ever)) - left)}" height="{row_h - 22}" '
+            f'fill="{MISTAKE}" fill-opacity="0.3"><title>{escape(c.label)}: made by {len(c.ever)} student(s) '
+            "on some submission</title></rect>"
+        )
+        out.append(
+            f'<rect class="bar counted" x="{left}" y="{y + 17}" width="{_n(x(len(c.counted)) - left)}" '
+            f'height="{row_h - 22}" fill="{MISTAKE}"><title>{escape(c.label)}: still made by {len(c.counted)} '
+            "student(s) in the submission that counts</title></rect>"
+        )
+        out.append(
+            f'<text x="{width - right + 8}" y="{y + 32}" fill="{INK}" aria-hidden="true">'
+            f"{len(c.counted)} now · {len(c.ever)} ever</text>"
+        )
+    if not counts:
+        out.append(
+            f'<text x="{left + plot_w / 2:.0f}" y="{top + row_h / 2 + 4:.0f}" text-anchor="middle" fill="{MUTED}">'
+            "no recognised mistakes yet</text>"
         )
     out.append("</svg>")
     return Markup("\n".join(out))
