@@ -367,9 +367,17 @@ OPS["frobenius_sq"] = OPS["sum_sq"]
 
 
 # --- known-wrong VJPs, for recognising mistakes ------------------------------------------
-# An assignment's `mutants:` may name one of these per op (`vjp: {sigmoid: at_output}`):
-# the op's derivative evaluated at its output instead of its input, the mistake of
-# applying sigmoid'(a) where sigmoid'(z) is meant (the sigmoid applied twice).
+# An assignment's `mutants:` may name one of these per op (`vjp: {sigmoid: at_output}`).
+# Each stands for a mistake a student makes in a backward pass, whatever the assignment:
+# - at_output: the derivative evaluated at the op's output instead of its input, e.g.
+#   sigmoid'(a) where sigmoid'(z) is meant (the sigmoid applied twice);
+# - ignores_upstream: the local gradient alone, the upstream gradient never multiplied in;
+# - no_swap (mul): each input's gradient multiplied by itself instead of by the other input;
+# - no_mask (relu): the upstream gradient passed through without the mask x > 0;
+# - no_onehot (softmax_cross_entropy): softmax(o) without subtracting the one-hot label;
+# - stop_gradient (identity): the value passes, no gradient flows back. Not a mistake in
+#   itself: it lets a mutant's forward take a value from one expression and a gradient
+#   from another, e.g. `b - identity(b)` is 0 yet passes b's gradient (a forgotten bias).
 
 
 def _at_output(derivative: Callable[[np.ndarray], np.ndarray]) -> VJP:
@@ -379,8 +387,39 @@ def _at_output(derivative: Callable[[np.ndarray], np.ndarray]) -> VJP:
     return vjp
 
 
+def _ignores_upstream(op: str) -> VJP:
+    def vjp(g: np.ndarray, node: Tensor) -> Sequence[Optional[np.ndarray]]:
+        return OPS[op].vjp(np.ones_like(g), node)
+
+    return vjp
+
+
+def _mul_no_swap(g: np.ndarray, node: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _in(node, 0), _in(node, 1)
+    return unbroadcast(g * a, a.shape), unbroadcast(g * b, b.shape)
+
+
+def _sce_no_onehot(g: np.ndarray, node: Tensor) -> tuple[np.ndarray]:
+    logits = _in(node, 0)
+    grad = np.exp(_log_softmax(logits))
+    if logits.ndim == 2:
+        grad /= logits.shape[0]
+    return (g * grad,)
+
+
 VJP_VARIANTS: dict[str, dict[str, VJP]] = {
-    "sigmoid": {"at_output": _at_output(lambda z: _sigmoid(z) * (1.0 - _sigmoid(z)))},
-    "tanh": {"at_output": _at_output(lambda z: 1.0 - np.tanh(z) ** 2)},
+    "sigmoid": {
+        "at_output": _at_output(lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
+        "ignores_upstream": _ignores_upstream("sigmoid"),
+    },
+    "tanh": {
+        "at_output": _at_output(lambda z: 1.0 - np.tanh(z) ** 2),
+        "ignores_upstream": _ignores_upstream("tanh"),
+    },
     "exp": {"at_output": _at_output(np.exp)},
+    "add": {"ignores_upstream": _ignores_upstream("add")},
+    "mul": {"no_swap": _mul_no_swap, "ignores_upstream": _ignores_upstream("mul")},
+    "relu": {"no_mask": lambda g, node: (g,), "ignores_upstream": _ignores_upstream("relu")},
+    "softmax_cross_entropy": {"no_onehot": _sce_no_onehot},
+    "identity": {"stop_gradient": lambda g, node: (None,)},
 }
