@@ -35,6 +35,11 @@ class Settings:
     lease_seconds: float = 300.0
     # Trusted reverse proxies in front of the web app (X-Forwarded-For hops); 0: none.
     proxy_hops: int = 0
+    # Log lines: "json" (one object per line, for a log pipeline) or "text" (key=value, for
+    # a terminal). Production defaults to json, development and testing to text.
+    log_format: str = "json"
+    # Bearer token that opens GET /metrics to a scraper; unset: site instructors only.
+    metrics_token: str = ""
 
     @property
     def production(self) -> bool:
@@ -72,12 +77,44 @@ class Settings:
             queue=env_vars.get("GRADER_QUEUE", "grader"),
             max_upload_bytes=int(env_vars.get("GRADER_MAX_UPLOAD_BYTES", 1 << 20)),
             ratelimit_storage_uri=env_vars.get("RATELIMIT_STORAGE_URI", "memory://"),
+            submit_rate=_rate(env_vars, "GRADER_SUBMIT_RATE", "20 per minute"),
             sweep_seconds=_seconds(env_vars, "GRADER_SWEEP_SECONDS", 30.0),
             stuck_seconds=_seconds(env_vars, "GRADER_STUCK_SECONDS", 120.0),
             lease_seconds=_seconds(env_vars, "GRADER_LEASE_SECONDS", 300.0),
             proxy_hops=_hops(env_vars.get("GRADER_PROXY_HOPS", "0")),
+            log_format=log_format_from(env_vars, env),
+            metrics_token=_metrics_token(env_vars.get("GRADER_METRICS_TOKEN", "")),
         )
         return replace(settings, **overrides) if overrides else settings
+
+
+def log_format_from(env_vars: Any, env: str) -> str:
+    """GRADER_LOG_FORMAT, or the default for `env` (json in production, text elsewhere)."""
+    raw = (env_vars.get("GRADER_LOG_FORMAT") or "").strip().lower()
+    if not raw:
+        return "json" if env == "production" else "text"
+    if raw not in ("json", "text"):
+        raise ConfigError(f"GRADER_LOG_FORMAT={raw!r}: use json or text")
+    return raw
+
+
+def _metrics_token(raw: str) -> str:
+    if raw and len(raw) < 32:
+        raise ConfigError("GRADER_METRICS_TOKEN is too short: give at least 32 random characters, or leave it unset")
+    return raw
+
+
+def _rate(env_vars: Any, name: str, default: str) -> str:
+    raw = (env_vars.get(name) or "").strip()
+    if not raw:
+        return default
+    from limits import parse_many  # flask-limiter's own parser, so what passes here works there
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: give a rate such as '20 per minute'") from None
+    return raw
 
 
 def _hops(raw: str) -> int:

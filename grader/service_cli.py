@@ -276,10 +276,11 @@ class _ClosingSession:
 # --- grader web / worker / sweep ----------------------------------------------------------
 
 
-def log_setup(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Alembic narrates every schema check at INFO; the operator needs only its warnings.
-    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+def log_setup(log_format: str, service: str, level: int = logging.INFO) -> None:
+    """Configure logging once per process: `log_format` is Settings.log_format (json or text)."""
+    from grader import logs
+
+    logs.configure(log_format, service, level)
 
 
 @click.command()
@@ -291,7 +292,7 @@ def web(host: str, port: int, threads: int) -> None:
     """Serve the web app with waitress (put a TLS-terminating proxy in front in production)."""
     settings = _settings()
     _require_current_schema(settings.database_url)
-    log_setup()
+    log_setup(settings.log_format, "web")
     from waitress import serve
 
     from grader.web import create_app
@@ -315,7 +316,7 @@ def worker(concurrency: Optional[int], beat: bool, loglevel: str) -> None:
     from grader.sandbox import SandboxUnavailable
 
     settings = _settings()
-    log_setup(getattr(logging, loglevel.upper(), logging.INFO))
+    log_setup(settings.log_format, "worker", getattr(logging, loglevel.upper(), logging.INFO))
     from worker.tasks import create_worker_app, sandbox_preflight
 
     try:
@@ -364,6 +365,7 @@ def sweep() -> None:
     from worker.tasks import sweep as sweep_once
 
     settings = _settings()
+    log_setup(settings.log_format, "sweep")
     _require_current_schema(settings.database_url)
     sent = sweep_once(sessions_for(settings.database_url), settings.stuck_seconds, CeleryEnqueuer(settings))
     if sent:

@@ -266,7 +266,7 @@ def recover(database_url: str) -> list[int]:
             session.execute(
                 update(Submission).where(Submission.status == "running").values(lease_expires_at=now)
             )
-            ids = stuck(session, 0, now=now + dt.timedelta(seconds=1))
+            ids = stuck(session, 0, now=now + dt.timedelta(seconds=1), by="startup")
             session.commit()
     finally:
         engine.dispose()
@@ -325,13 +325,17 @@ def _serve(
 ) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from grader.config import ConfigError, Settings
+    from grader.config import ConfigError, Settings, log_format_from
     from grader.sandbox import SandboxUnavailable
     from grader.store.migrate import head_revision
     from grader.service_cli import cpu_count, log_setup, redact
     from worker.tasks import sandbox_preflight
 
-    log_setup()
+    try:
+        # Everything here runs as development (its children too): text logs unless asked.
+        log_setup(log_format_from(os.environ, "development"), "up")
+    except ConfigError as exc:
+        raise UpError(f"configuration: {exc}") from None
 
     try:
         sandbox = sandbox_preflight()

@@ -292,16 +292,17 @@ def test_gunicorn_target_builds_the_production_app(production_env: dict[str, str
     assert settings.production and settings.proxy_hops == 1
     assert settings.ratelimit_storage_uri.startswith("redis://")
     assert app.config["SESSION_COOKIE_SECURE"] is True
-    # The healthcheck's page answers without the database or Redis (GET /login is not
-    # rate-limited and reads no rows for an anonymous visitor).
-    response = app.test_client().get("/login")
-    assert response.status_code == 200
+    # The healthcheck's endpoint is public; with no database or Redis behind this test it
+    # says which are down (503), which marks the container unhealthy.
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "down": ["database", "broker"]}
 
 
-def test_web_healthcheck_asks_for_login() -> None:
+def test_web_healthcheck_asks_healthz() -> None:
     web = compose()["services"]["web"]
     test = web["healthcheck"]["test"]
-    assert test[0] == "CMD" and "http://127.0.0.1:8000/login" in " ".join(test)
+    assert test[0] == "CMD" and "http://127.0.0.1:8000/healthz" in " ".join(test)
     assert duration_seconds(web["healthcheck"]["interval"]) > 0
 
 

@@ -206,6 +206,8 @@ class Submission(Base):
     __table_args__ = (
         Index("ix_submissions_assignment_user", "assignment_id", "user_id"),
         Index("ix_submissions_status", "status"),
+        # /metrics reads the last hour's gradings (latency, rate, errors, workers) by this.
+        Index("ix_submissions_graded_at", "graded_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -233,6 +235,8 @@ class Submission(Base):
     started_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
     graded_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
     grade_count: Mapped[int] = mapped_column(Integer, default=0)  # 1 after the first grading, 2 after a regrade, ...
+    # The worker process (`host:pid`) that last claimed the row: /metrics counts live workers.
+    claimed_by: Mapped[Optional[str]] = mapped_column(String(100))
 
     assignment: Mapped[Assignment] = relationship()
     user: Mapped[User] = relationship()

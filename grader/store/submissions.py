@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from grader import logs
 from grader.grade import MAX_SOURCE_BYTES, new_seed
 from grader.policy import LatePolicy, NotAccepted, check_accepting, effective_due
 from grader.store.db import utcnow
@@ -30,10 +31,17 @@ LEASE_SECONDS = 300
 MAX_ATTEMPTS = 3
 
 
-def log_event(event: str, submission_id: int, **fields: Any) -> None:
-    """One structured line per state change (ids and timings), for operators at a deadline."""
-    extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-    log.info("submission=%s event=%s %s", submission_id, event, extra)
+def log_event(event: str, submission_id: int, level: int = logging.INFO, **fields: Any) -> None:
+    """One structured line per state change, `submission.<event>`, with ids and timings for
+    operators at a deadline (README, "Log lines"). Never pass source, output or error text:
+    reasons are given as a short class (`reason="sandbox-failure"`)."""
+    logs.event(log, f"submission.{event}", level, submission_id=submission_id, **fields)
+
+
+def _ms(later: Optional[dt.datetime], earlier: Optional[dt.datetime]) -> Optional[int]:
+    if later is None or earlier is None:
+        return None
+    return round((later - earlier).total_seconds() * 1000)
 
 
 def assignment_policy(assignment: Assignment, extension: Optional[dt.datetime] = None) -> LatePolicy:
@@ -107,7 +115,15 @@ def create_submission(
     )
     session.add(submission)
     session.flush()
-    log_event("submitted", submission.id, assignment=assignment.id, user=user.id, bytes=len(data), via=via)
+    log_event(
+        "created",
+        submission.id,
+        user_id=user.id,
+        assignment_id=assignment.id,
+        course_id=assignment.course_id,
+        size=len(data),
+        via=via,
+    )
     return submission
 
 
@@ -129,11 +145,14 @@ def claim(
     submission_id: int,
     now: Optional[dt.datetime] = None,
     lease_seconds: float = LEASE_SECONDS,
+    worker: Optional[str] = None,
 ) -> Optional[Claim]:
     """Take the row for grading: queued, or running with an expired lease (its worker died).
     None when someone else holds it or it is already graded. Commits. The worker passes
-    its configured lease (Settings.lease_seconds), which its Celery time limits sit below."""
+    its configured lease (Settings.lease_seconds), which its Celery time limits sit below.
+    `worker` names the claiming process (default `host:pid`), kept on the row for /metrics."""
     now = now or utcnow()
+    worker = (worker or logs.process_id())[:100]
     token = str(uuid.uuid4())
     result = session.execute(
         update(Submission)
@@ -150,14 +169,31 @@ def claim(
             lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
             attempts=Submission.attempts + 1,
             started_at=now,
+            claimed_by=worker,
         )
         .execution_options(synchronize_session=False)
     )
     session.commit()
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    attempt = session.scalar(select(Submission.attempts).where(Submission.id == submission_id)) or 1
-    log_event("running", submission_id, attempt=attempt)
+    found = session.execute(
+        select(Submission.attempts, Submission.submitted_at, Submission.enqueued_at, Submission.grade_count).where(
+            Submission.id == submission_id
+        )
+    ).one_or_none()
+    if found is None:  # deleted since the UPDATE: nothing to time
+        log_event("claimed", submission_id, attempt=1, worker=worker)
+        return Claim(submission_id, token, 1)
+    attempt = found.attempts or 1
+    log_event(
+        "claimed",
+        submission_id,
+        attempt=attempt,
+        worker=worker,
+        wait_ms=_ms(now, found.submitted_at),
+        queued_ms=_ms(now, found.enqueued_at),
+        regrade=True if found.grade_count > 0 else None,
+    )
     return Claim(submission_id, token, attempt)
 
 
@@ -185,7 +221,6 @@ def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[
     """Write the grading result, only while the lease is still ours. Commits."""
     now = now or utcnow()
     result = storable(result)
-    grade_ms = result.get("timing", {}).get("total_ms")
     done = session.execute(
         update(Submission)
         .where(Submission.id == held.submission_id, Submission.lease_token == held.token, Submission.status == "running")
@@ -204,13 +239,32 @@ def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[
     )
     session.commit()
     ok = done.rowcount == 1  # type: ignore[attr-defined]
-    log_event("graded" if ok else "lease-lost", held.submission_id, score=result.get("score"), grade_ms=grade_ms)
-    return ok
+    if not ok:
+        log_event("lease_lost", held.submission_id, logging.WARNING, attempt=held.attempt, outcome="graded")
+        return False
+    timing = result.get("timing") if isinstance(result.get("timing"), dict) else {}
+    submitted_at = session.scalar(select(Submission.submitted_at).where(Submission.id == held.submission_id))
+    log_event(
+        "graded",
+        held.submission_id,
+        attempt=held.attempt,
+        score=result.get("score"),
+        max_score=result.get("max_score"),
+        reference_ms=timing.get("reference_ms"),
+        run_ms=timing.get("run_ms"),
+        compare_ms=timing.get("compare_ms"),
+        grading_ms=timing.get("total_ms"),
+        total_ms=_ms(now, submitted_at),
+    )
+    return True
 
 
-def fail(session: Session, held: Claim, reason: str, now: Optional[dt.datetime] = None) -> bool:
+def fail(
+    session: Session, held: Claim, reason: str, now: Optional[dt.datetime] = None, kind: str = "unspecified"
+) -> bool:
     """Grading cannot happen (a broken spec, repeated worker deaths): status error, with the
-    reason for staff. Only while the lease is ours. Commits."""
+    reason for staff. Only while the lease is ours. Commits. `kind` is the reason's class for
+    the log line (the reason itself may quote a spec or a submission, so it is not logged)."""
     now = now or utcnow()
     done = session.execute(
         update(Submission)
@@ -220,7 +274,10 @@ def fail(session: Session, held: Claim, reason: str, now: Optional[dt.datetime] 
     )
     session.commit()
     ok = done.rowcount == 1  # type: ignore[attr-defined]
-    log_event("error" if ok else "lease-lost", held.submission_id, reason=repr(reason[:200]))
+    if ok:
+        log_event("error", held.submission_id, logging.WARNING, attempt=held.attempt, reason=kind)
+    else:
+        log_event("lease_lost", held.submission_id, logging.WARNING, attempt=held.attempt, outcome="error")
     return ok
 
 
@@ -230,11 +287,13 @@ def release(
     now: Optional[dt.datetime] = None,
     count_attempt: bool = False,
     note: Optional[str] = None,
+    kind: str = "unspecified",
 ) -> bool:
     """Give the row back to the queue (this worker cannot grade now, e.g. its sandbox broke);
     the attempt is not counted against the submission unless `count_attempt` (a time limit
     or a sandbox failure that the submission itself may cause: counted, so MAX_ATTEMPTS
-    ends the loop). `note` is kept in `error` for staff as the last problem seen. Commits."""
+    ends the loop). `note` is kept in `error` for staff as the last problem seen; `kind` is
+    its class for the log line (`submission.failed` when counted, else `.released`). Commits."""
     now = now or utcnow()
     extra: dict[str, Any] = {} if note is None else {"error": note[:4000]}
     done = session.execute(
@@ -252,14 +311,20 @@ def release(
     )
     session.commit()
     ok = done.rowcount == 1  # type: ignore[attr-defined]
-    log_event("released" if ok else "lease-lost", held.submission_id, counted=count_attempt or None)
+    if ok:
+        level = logging.WARNING if count_attempt else logging.INFO
+        log_event("failed" if count_attempt else "released", held.submission_id, level, attempt=held.attempt, reason=kind)
+    else:
+        log_event("lease_lost", held.submission_id, logging.WARNING, attempt=held.attempt, outcome="released")
     return ok
 
 
-def requeue_for_regrade(session: Session, ids: Sequence[int], now: Optional[dt.datetime] = None) -> list[int]:
+def requeue_for_regrade(
+    session: Session, ids: Sequence[int], now: Optional[dt.datetime] = None, by: Optional[int] = None
+) -> list[int]:
     """Put submissions back in the queue against their assignment's current spec version.
     A grading in flight loses its lease and its result is discarded. The caller commits and
-    then enqueues the returned ids."""
+    then enqueues the returned ids. `by` is the id of the user who asked (for the log)."""
     now = now or utcnow()
     if not ids:
         return []
@@ -286,20 +351,23 @@ def requeue_for_regrade(session: Session, ids: Sequence[int], now: Optional[dt.d
             )
             .execution_options(synchronize_session=False)
         )
-        log_event("regrade-queued", sid, version=version_id)
+        log_event("regrade", sid, by_user_id=by, version_id=version_id)
         done.append(sid)
     return done
 
 
-def stuck(session: Session, queued_for: float, now: Optional[dt.datetime] = None, limit: int = 500) -> list[int]:
+def stuck(
+    session: Session, queued_for: float, now: Optional[dt.datetime] = None, limit: int = 500, by: str = "sweeper"
+) -> list[int]:
     """Rows whose message may have been lost: queued for longer than `queued_for` seconds
     since they were last enqueued, or running past their lease. The sweeper re-enqueues them
-    and stamps `enqueued_at`, so a slow queue is not flooded with duplicates."""
+    and stamps `enqueued_at`, so a slow queue is not flooded with duplicates. Each is logged
+    as `submission.requeued` with why, and `by` (who is re-sending it)."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=queued_for)
-    ids = list(
-        session.scalars(
-            select(Submission.id)
+    rows = list(
+        session.execute(
+            select(Submission.id, Submission.status, Submission.attempts)
             .where(
                 or_(
                     and_(Submission.status == "queued", Submission.enqueued_at < cutoff),
@@ -308,8 +376,12 @@ def stuck(session: Session, queued_for: float, now: Optional[dt.datetime] = None
             )
             .order_by(Submission.id)
             .limit(limit)
-        )
+        ).all()
     )
+    ids = [row.id for row in rows]
+    for row in rows:
+        why = "lease-expired" if row.status == "running" else "queued-too-long"
+        log_event("requeued", row.id, logging.WARNING, by=by, why=why, attempt=row.attempts)
     if ids:
         session.execute(
             update(Submission)

@@ -27,7 +27,7 @@ from grader.store.db import utcnow
 from grader.store.models import Assignment, Course
 from grader.store.submissions import requeue_for_regrade
 from grader.web import access
-from grader.web.charts import histogram_svg, pass_rate_svg
+from grader.web.charts import histogram_svg, mistakes_svg, pass_rate_svg
 from grader.web.database import db
 
 log = logging.getLogger("grader.web.gradebook")
@@ -190,10 +190,29 @@ def course_csv(code: str) -> Any:
 # Assignment gradebook.
 
 
-def _assignment_rows(course: Course, assignment: Assignment) -> tuple[gb.AssignmentInfo, list[gb.Row]]:
+def _assignment_facts(course: Course, assignment: Assignment) -> tuple[facts_db.Facts, gb.AssignmentInfo, list[gb.Row]]:
     facts = facts_db.load(db(), course.id, assignment_id=assignment.id)
     rows = gb.build_rows(facts.students, facts.assignments, facts.submissions, facts.extensions, utcnow())
-    return facts.assignments[0], rows
+    return facts, facts.assignments[0], rows
+
+
+def _assignment_rows(course: Course, assignment: Assignment) -> tuple[gb.AssignmentInfo, list[gb.Row]]:
+    _facts, info, rows = _assignment_facts(course, assignment)
+    return info, rows
+
+
+def _mistake_counts(facts: facts_db.Facts, rows: list[gb.Row], info: gb.AssignmentInfo, functions: list[str]) -> list[gb.MistakeCount]:
+    """Who made each recognised mistake: in the counted submission, and on any graded one.
+    Only students' graded submissions are read, and of those only their mistakes."""
+    students = {r.student.id for r in rows}
+    graded = [s for s in facts.submissions if s.status == "graded" and s.user_id in students]
+    made = facts_db.mistakes_of(db(), [s.id for s in graded])
+    counted = {
+        r.student.id: made.get(c.submission_id, []) for r in rows if (c := r.cell(info.id).counted) is not None
+    }
+    return gb.mistake_counts(
+        (r.student for r in rows), counted, ((s.user_id, made[s.id]) for s in graded if s.id in made), functions
+    )
 
 
 def _spec_functions(assignment: Assignment) -> list[str]:
@@ -209,7 +228,7 @@ def _spec_functions(assignment: Assignment) -> list[str]:
 
 
 def _assignment_page(course: Course, role: str, assignment: Assignment, form: RegradeAssignmentForm) -> str:
-    info, rows = _assignment_rows(course, assignment)
+    facts, info, rows = _assignment_facts(course, assignment)
     sorts = gb.assignment_sorts(info.id)
     view = gb.parse_view(request.args, sorts, statuses=True)
     shown = gb.sort_rows(gb.filter_rows(rows, view, assignment_id=info.id), sorts[view.sort], view.desc)
@@ -219,7 +238,9 @@ def _assignment_page(course: Course, role: str, assignment: Assignment, form: Re
     finals = [c.final for c in counted_scores]
     bins = gb.histogram(finals, info.max_score)
     results = facts_db.results_of(db(), [c.submission_id for c in counted_scores])
-    rates = gb.pass_rates((gb.parts_of(results.get(c.submission_id)) for c in counted_scores), _spec_functions(assignment))
+    functions = _spec_functions(assignment)
+    rates = gb.pass_rates((gb.parts_of(results.get(c.submission_id)) for c in counted_scores), functions)
+    mistakes = _mistake_counts(facts, rows, info, functions)
     late = sum(1 for r in rows if r.cell(info.id).late)
     missing = sum(1 for r in rows if r.cell(info.id).missing)
     return render_template(
@@ -240,6 +261,8 @@ def _assignment_page(course: Course, role: str, assignment: Assignment, form: Re
         missing_count=missing,
         histogram=histogram_svg("histogram", bins, f"Final scores on {info.title} (out of {gb.csv_number(info.max_score) or '?'})"),
         pass_chart=pass_rate_svg("pass-rates", rates, f"Per-function pass rates on {info.title}"),
+        mistakes=mistakes,
+        mistake_chart=mistakes_svg("mistakes", mistakes, f"Recognised mistakes on {info.title}"),
         form=form,
         **_view_helpers(view),
     )
@@ -279,7 +302,7 @@ def regrade_assignment(code: str, slug: str) -> Any:
     else:
         _info, rows = _assignment_rows(course, found)
         ids = [c.counted.submission_id for c in (r.cell(found.id) for r in rows) if c.counted is not None]
-    queued = requeue_for_regrade(db(), ids)
+    queued = requeue_for_regrade(db(), ids, by=access.user().id)
     db().commit()  # the rows are queued before any worker hears of them
     sent = _enqueue(queued)
     kind = "counted" if form.scope.data == "counted" else ""
@@ -332,7 +355,7 @@ def regrade_submission(submission_id: int) -> Any:
     if assignment.current_version_id is None:
         flash("This assignment has no current spec version to regrade against; add one first.", "error")
         return redirect(back)
-    queued = requeue_for_regrade(db(), [sub.id])
+    queued = requeue_for_regrade(db(), [sub.id], by=access.user().id)
     db().commit()
     sent = _enqueue(queued)
     _flash_queued(queued, f"{assignment.title} by {sub.user.display_name}", _current_version_number(assignment))

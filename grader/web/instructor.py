@@ -51,6 +51,7 @@ from grader.store.db import utcnow
 from grader.store.models import ROLES, Assignment, AssignmentVersion, Course, Extension, Membership, Submission, User
 from grader.web.access import assignment_for, course_for, user
 from grader.web.database import db
+from grader.web.selftest_report import parse_report
 
 try:  # WTForms 3.3 deprecates (value, label) tuples as choices; older versions only take those
     from wtforms.fields.choices import SelectChoice as _SelectChoice
@@ -653,7 +654,7 @@ def _store_version(
     became_current = target.current_version_id == version.id
     queued: list[int] = []
     if regrade and became_current:
-        queued = subs.requeue_for_regrade(db(), _submission_ids(target))
+        queued = subs.requeue_for_regrade(db(), _submission_ids(target), by=user().id)
     db().commit()
     _enqueue(queued)  # after the commit: a worker must find the rows queued against the new version
     if became_current:
@@ -764,6 +765,7 @@ def _assignment_page(course: Course, assignment: Assignment, status: int = 200, 
         assignment=assignment,
         versions=list(reversed(versions)),
         version_summary=_version_summary,
+        parse_report=parse_report,
         base=base,
         extra_files=extra_files,
         n_subs=n_subs,

@@ -9,8 +9,7 @@ from typing import Iterable, Protocol
 from celery import Celery
 
 from grader.config import Settings
-
-log = logging.getLogger("grader.queue")
+from grader.store.submissions import log_event
 
 GRADE_TASK = "grader.grade_submission"
 SWEEP_TASK = "grader.sweep"
@@ -33,4 +32,6 @@ class CeleryEnqueuer:
                 self.celery.send_task(GRADE_TASK, args=[int(sid)], queue=self.queue)
             except Exception as exc:  # noqa: BLE001 - the broker being down must not lose the row
                 # The row is committed as queued; the sweeper re-enqueues it when the broker is back.
-                log.error("submission=%s event=enqueue-failed error=%r (the sweeper will retry)", sid, exc)
+                log_event("enqueue_failed", int(sid), logging.ERROR, error=type(exc).__name__, retry="sweeper")
+            else:
+                log_event("enqueued", int(sid), queue=self.queue)
