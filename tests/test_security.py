@@ -10,13 +10,16 @@ it must not be a 404 (so the test cannot pass by requesting the wrong thing)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import numpy as np
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -41,6 +44,13 @@ from test_api import (
 )
 
 PASSWORD = "a-long-password-1"
+# The world's submissions: graded, with a wrong dW, so that the pages which exist only for a
+# failing visible trial (its downloads) answer someone allowed to see them. One grading
+# with a fixed seed serves every submission of every test.
+WORLD_CODE = Path(__file__).parent / "submissions" / "vjp" / "wrong_transposed_dW.py"
+WORLD_SEED = 20261124
+WORLD_TRIAL = {"function": "matmul_backward", "index": 0}  # visible, random shapes: dW fails
+_world_results: dict[str, dict[str, Any]] = {}
 STAFF_BLUEPRINTS = ("gradebook.", "instructor.")
 # Form fields a mutating page might read; sent with every forged POST so that a route that
 # checks its input before its permissions cannot hide behind a 400.
@@ -95,11 +105,12 @@ def world(session: Session) -> World:
         accounts.set_membership(session, course, user, role)
     for key, email in EMAILS.items():
         w.users[key] = user_by_email(session, email).id
-    code = CORRECT_VJP.read_bytes()
+    code = WORLD_CODE.read_bytes()
     for key, course in (("a", "demo"), ("b", "demo"), ("c", "other")):
         sub = submissions.create_submission(
             session, assignment_in(session, course, "vjp"), session.get(User, w.users[key]), code, f"{key}.py"
         )
+        sub.seed = WORLD_SEED
         w.subs[key] = sub.id
     for key, course, student in (("x", "demo", "b"), ("y", "other", "c")):
         ext = Extension(
@@ -111,6 +122,12 @@ def world(session: Session) -> World:
         session.flush()
         w.extensions[key] = ext.id
     session.commit()
+    for sub_id in w.subs.values():
+        version = session.get(Submission, sub_id).version
+        if version.digest not in _world_results:
+            _world_results[version.digest] = grade_bytes(catalog.loaded_spec(version), code, seed=WORLD_SEED)
+        held = submissions.claim(session, sub_id)
+        assert held is not None and submissions.finish(session, held, _world_results[version.digest])
     return w
 
 
@@ -194,12 +211,14 @@ def _page(client, path: str) -> str:
 def test_a_student_cannot_reach_anothers_submission(app, client, session, world):
     a, b = logged_in(app, "a"), logged_in(app, "b")
     rules = page_rules(app, {"submission_id"})
-    values = {"submission_id": world.subs["b"]}
+    values = {"submission_id": world.subs["b"], **WORLD_TRIAL}
     covered = assert_denied(app, a, rules, values, legit=b)
     # Reading, downloading and regrading (a staff action) are all among them.
     for path in (f"/submissions/{world.subs['b']}", f"/submissions/{world.subs['b']}/download"):
         assert f"GET {path}" in covered
     assert any("regrade" in url for url in covered)
+    trial_pages = [url for url in covered if "/trials/matmul_backward/" in url]
+    assert len(trial_pages) == 3, trial_pages  # a failing trial's downloads: zip, npz, all of them
     # The 404 says nothing a missing id would not say.
     # (Less the CSRF token of the logout form: it carries a timestamp, so two pages
     # rendered a second apart differ there.)
@@ -231,6 +250,7 @@ def test_students_cannot_reach_staff_pages(app, world):
         "user_id": world.users["b"],
         "extension_id": world.extensions["x"],
         "number": 1,
+        **WORLD_TRIAL,
     }
     covered = assert_denied(app, a, rules, values, legit=logged_in(app, "inst_x"))
     assert any("gradebook" in url for url in covered) and any("manage" in url for url in covered)
@@ -275,6 +295,7 @@ def test_a_ta_of_one_course_cannot_reach_another(app, client, session, world):
         "user_id": world.users["c"],
         "extension_id": world.extensions["y"],
         "number": 1,
+        **WORLD_TRIAL,
     }
     covered = assert_denied(app, ta_x, rules, values, legit=logged_in(app, "inst_y"))
     assert f"GET /submissions/{world.subs['c']}" in covered
@@ -463,6 +484,40 @@ def test_hidden_trial_inputs_never_reach_a_student(app, client, session):
     assert "LEAK-PRINT" in json.dumps(result) and "LEAK-RAISE" in json.dumps(result)  # visible ones may show
 
     login(client, "student")
+    # Downloads: hidden trials are 404 though they failed; the visible ones and the zip of
+    # all failing trials hold only visible trials' arrays.
+    page = client.get(f"/submissions/{sub.id}").get_data(as_text=True)
+    hidden_arrays = [
+        arg for fn in spec.functions for t in make_trials(spec, fn, sub.seed) if t.hidden for arg in t.args if hasattr(arg, "shape")
+    ]
+    downloads = hidden_failing = 0
+    for part in result["parts"]:
+        base = f"/submissions/{sub.id}/trials/{part['function']}"
+        for trial in part["trials"]:
+            urls = [f"{base}/{trial['index']}/repro.zip", f"{base}/{trial['index']}/inputs.npz"]
+            if trial["hidden"]:
+                hidden_failing += trial["status"] != "passed"
+                for url in urls:
+                    assert client.get(url).status_code == 404, url
+                    assert url not in page
+            elif trial["status"] != "passed":
+                assert all(url in page for url in urls)
+        every = client.get(f"{base}/repro.zip")
+        if every.status_code == 404:
+            continue
+        with zipfile.ZipFile(io.BytesIO(every.data)) as archive:
+            for name in archive.namelist():
+                data = archive.read(name)
+                leaked = [s for s in values | shapes if s.encode() in data]
+                assert not leaked, f"hidden inputs in {name}: {leaked}"
+                if name.endswith(".npz"):
+                    downloads += 1
+                    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                        for key in npz.files:
+                            assert not any(
+                                np.shape(h) == npz[key].shape and np.array_equal(h, npz[key]) for h in hidden_arrays
+                            ), f"a hidden input in {name}: {key}"
+    assert downloads >= 5 and hidden_failing >= 4  # matmul_backward raised on every trial
     for where, text_ in (
         ("API", json.dumps(body)),
         ("submission page", client.get(f"/submissions/{sub.id}").get_data(as_text=True)),
@@ -609,6 +664,7 @@ def test_no_secret_reaches_the_logs_or_the_pages(app, session, caplog, world):
         "user_id": world.users["a"],
         "extension_id": world.extensions["x"],
         "number": 1,
+        **WORLD_TRIAL,
     }
     opened = 0
     for who in ("inst_x", "a"):

@@ -11,11 +11,12 @@ token's user may not see is a 404, exactly like a missing id."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 from typing import Any, Optional
 
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, Response, current_app, g, request, send_file, url_for
 from flask_limiter.util import get_remote_address
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -27,7 +28,7 @@ from grader.policy import NotAccepted, check_accepting, counting, score_of, subm
 from grader.store import accounts, submissions
 from grader.store.db import utcnow
 from grader.store.models import Assignment, Course, Membership, Submission, User
-from grader.web import access
+from grader.web import access, repro_view
 from grader.web.database import db
 from grader.web.extensions import limiter
 
@@ -231,6 +232,32 @@ def submission(submission_id: int) -> Response:
     return _json(_submission_json(sub, role))
 
 
+# The downloads of failing visible trials, as on the result page but for a token
+# (grader/web/repro_view.py decides what may be downloaded; anything else is a 404).
+
+
+@bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/repro.zip")
+def trial_repro(submission_id: int, function: str, index: int) -> Response:
+    sub, _role = access.submission_for(submission_id, _require_user())
+    return _attachment(*repro_view.trial_zip(sub, function, index))
+
+
+@bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/inputs.npz")
+def trial_inputs(submission_id: int, function: str, index: int) -> Response:
+    sub, _role = access.submission_for(submission_id, _require_user())
+    return _attachment(*repro_view.trial_npz(sub, function, index))
+
+
+@bp.get("/submissions/<int:submission_id>/trials/<function>/repro.zip")
+def trials_repro(submission_id: int, function: str) -> Response:
+    sub, _role = access.submission_for(submission_id, _require_user())
+    return _attachment(*repro_view.function_zip(sub, function))
+
+
+def _attachment(data: bytes, name: str, mimetype: str) -> Response:
+    return send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=True, download_name=name, max_age=0)
+
+
 # --- helpers -----------------------------------------------------------------------------
 
 
@@ -320,6 +347,8 @@ def _submission_json(sub: Submission, role: str) -> dict[str, Any]:
         "score": sub.score if graded else None,
         "max_score": sub.max_score if graded else sub.version.max_score,
         "result": _public_result(sub.result, staff=access.is_staff(role)) if graded else None,
+        # Failing visible trials to reproduce locally: function -> {"all", "trials": {index: {"zip", "npz"}}}.
+        "downloads": repro_view.links(sub, "api", external=True) if graded else {},
         "assignment": a.slug,
         "assignment_title": a.title,
         "course": a.course.code,

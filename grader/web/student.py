@@ -43,7 +43,9 @@ from grader.store import catalog
 from grader.store.db import utcnow
 from grader.store.models import Assignment, AssignmentVersion, Course, Submission, User
 from grader.store.submissions import assignment_policy, create_submission, policy_for
+from grader.web import repro_view
 from grader.web.access import assignment_for, course_for, courses_of, is_staff, submission_for, user
+from grader.web.chain_view import chain_graphs
 from grader.web.database import db
 from grader.web.extensions import limiter
 from grader.web.render import fmt_shape, render_markdown, source_lines
@@ -405,10 +407,8 @@ def starter(code: str, slug: str) -> Any:
     return _download(text.encode("utf-8"), name)
 
 
-def _download(data: bytes, name: str) -> Response:
-    response = send_file(
-        io.BytesIO(data), mimetype="text/x-python", as_attachment=True, download_name=name, max_age=0
-    )
+def _download(data: bytes, name: str, mimetype: str = "text/x-python") -> Response:
+    response = send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=True, download_name=name, max_age=0)
     response.headers["Cache-Control"] = "private, no-store"
     return response
 
@@ -470,6 +470,8 @@ def submission(submission_id: int) -> Any:
             scored=_scored(sub, policy),
             counting_id=counting_id,
             result=result,
+            chain_graphs=chain_graphs(sub.version, result),
+            repro_links=repro_view.links(sub) if result else {},
             pending=pending,
             lines=source_lines(sub.source),
             regrade_url=_endpoint_url("gradebook.regrade_submission", submission_id=sub.id) if staff else None,
@@ -495,3 +497,29 @@ def submission_status(submission_id: int) -> Any:
 def download(submission_id: int) -> Any:
     sub, _role = submission_for(submission_id)
     return _download(sub.source, sub.filename or "submission.py")
+
+
+# Failing visible trials to reproduce at home (grader/repro.py): their inputs and expected
+# outputs as .npz with a script that runs the student's own file on them. Hidden trials,
+# passed trials and submissions not (yet) graded are 404.
+
+
+@bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/repro.zip")
+@login_required
+def trial_repro(submission_id: int, function: str, index: int) -> Any:
+    sub, _role = submission_for(submission_id)
+    return _download(*repro_view.trial_zip(sub, function, index))
+
+
+@bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/inputs.npz")
+@login_required
+def trial_inputs(submission_id: int, function: str, index: int) -> Any:
+    sub, _role = submission_for(submission_id)
+    return _download(*repro_view.trial_npz(sub, function, index))
+
+
+@bp.get("/submissions/<int:submission_id>/trials/<function>/repro.zip")
+@login_required
+def trials_repro(submission_id: int, function: str) -> Any:
+    sub, _role = submission_for(submission_id)
+    return _download(*repro_view.function_zip(sub, function))
