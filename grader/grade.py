@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from grader import __version__
+from grader.chain import ChainReport, report_for
 from grader.compare import Check, StructureError, article, check_leaf, check_unchanged, locate, to_array
 from grader.mistakes import Mistake, Observation, Recogniser
 from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport
@@ -309,6 +310,7 @@ def _grade_function(
     n = len(trials)
     passed_all = all(o["passed"] for o in outputs)
     lines: list[str] = []
+    chain: Optional[ChainReport] = None  # only for a function with a chain and a wrong output in it
     if general:
         lines.append(general)
     elif passed_all:
@@ -319,6 +321,9 @@ def _grade_function(
             lines.append(f"{o['name']}: {state} ({_fmt_points(o['score'])}/{_fmt_points(o['max_score'])} points)")
             for mistake in recognised.get(o["name"], []):
                 lines.append("  Recognised mistake: " + _mistake_text(mistake, o, trials))
+        chain = _chain_report(fn, outputs, trial_entries)
+        if chain is not None:
+            lines.append(chain.feedback_line)
         total_failing = sum(1 for e in trial_entries if e["status"] != "passed")
         lines.extend(details)
         if total_failing > len(details):
@@ -338,9 +343,19 @@ def _grade_function(
         "outputs": outputs,
         "trials": trial_entries,
     }
+    if chain is not None:
+        part["chain"] = chain.as_json()
     if printed:
         part["printed"] = printed
     return part
+
+
+def _chain_report(fn: Function, outputs: list[dict[str, Any]], trial_entries: list[dict[str, Any]]) -> Optional[ChainReport]:
+    """Where the chain of gradients broke. An output counts as wrong only when it was wrong
+    on a call that returned: a crash or a time-out says nothing about which step is wrong."""
+    returned = {e["index"] for e in trial_entries if e["status"] in ("passed", "failed")}
+    wrong = {o["name"] for o in outputs if returned.intersection(o["failed_trials"])}
+    return report_for(fn, wrong)
 
 
 def _mistake_text(mistake: Mistake, output: dict[str, Any], trials: list[Trial]) -> str:
