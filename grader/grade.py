@@ -316,10 +316,17 @@ def _grade_function(
     elif passed_all:
         lines.append(f"All {n} trials passed.")
     else:
+        # One mistake often explains several outputs (a wrong dJ/do spoils every gradient
+        # after it): its explanation is given once, at the first output it explains.
+        explained: dict[str, str] = {}
         for o in outputs:
             state = "correct" if o["passed"] else f"wrong on {len(o['failed_trials'])} of {n} trials"
             lines.append(f"{o['name']}: {state} ({_fmt_points(o['score'])}/{_fmt_points(o['max_score'])} points)")
             for mistake in recognised.get(o["name"], []):
+                if mistake.name in explained:
+                    lines.append(f"  Recognised mistake: {mistake.name} (the same as for {explained[mistake.name]} above).")
+                    continue
+                explained[mistake.name] = o["name"]
                 lines.append("  Recognised mistake: " + _mistake_text(mistake, o, trials))
         chain = _chain_report(fn, outputs, trial_entries)
         if chain is not None:

@@ -70,6 +70,19 @@ def test_mistake_is_named(path: str, output: str, mistake: str, seed: int, assig
     assert f"Recognised mistake: {mistake}" in part["feedback"]
 
 
+def test_a_mistake_that_spoils_several_outputs_is_explained_once(assignments: dict[str, Assignment]) -> None:
+    # A wrong dJ/do makes every later gradient wrong with the same mistake: one explanation,
+    # then a pointer back to it, not the same paragraph five times.
+    data = (SUBMISSIONS / "mlp/wrong_softmax_no_onehot.py").read_bytes()
+    part = grade_bytes(assignments["mlp"], data, seed=7)["parts"][0]
+    named = [o["name"] for o in part["outputs"] if o["mistakes"]]
+    assert len(named) == 5
+    lines = [line.strip() for line in part["feedback"].splitlines() if "Recognised mistake" in line]
+    assert len(lines) == 5
+    assert sum("subtract 1 at the true class" in line for line in lines) == 1
+    assert all(line.endswith(f"(the same as for {named[0]} above).") for line in lines[1:])
+
+
 CORRECT = sorted(p for aid in BUILTINS for p in (SUBMISSIONS / aid).glob("correct_*.py"))
 
 
