@@ -139,9 +139,12 @@ def _relative_difference(answers: Sequence[Any], expected: Sequence[Any]) -> flo
     return worst
 
 
-def check_mutants(assignment: Assignment, fn: Function, gradings: Gradings) -> list[MutantCheck]:
+def check_mutants(
+    assignment: Assignment, fn: Function, gradings: Gradings, before: Optional[Callable[[str], None]] = None
+) -> list[MutantCheck]:
     """Each declared mutant on every grading. Raises ValueError or ArithmeticError (with the
-    mutant's name) when a mutant cannot be evaluated on some trial."""
+    mutant's name) when a mutant cannot be evaluated on some trial. `before` is called with
+    what comes next before each evaluation (the self-test checks its time budget there)."""
     from grader.mistakes import mutant_outputs
 
     tol = assignment.spec.tolerance
@@ -150,6 +153,8 @@ def check_mutants(assignment: Assignment, fn: Function, gradings: Gradings) -> l
         answers: dict[tuple[int, int], list[Any]] = {}
         for seed, trials in gradings.items():
             for t in trials:
+                if before is not None:
+                    before(f"evaluating {fn.name}'s mutant {mutant.name!r} on trial {t.index} for seed {seed}")
                 try:
                     answers[(seed, t.index)] = mutant_outputs(fn, m, t)
                 except (ValueError, ArithmeticError) as exc:

@@ -146,10 +146,17 @@ def list_assignments(as_json: bool) -> None:
 @assignments.command("check")
 @click.argument("path")
 @click.option("--solution", type=click.Path(exists=True, dir_okay=False), help="A reference solution that must earn full marks (default: solution.py in the folder, if any).")
-def check_assignment(path: str, solution: Optional[str]) -> None:
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Time budget of the self-test (default: $GRADER_SELFTEST_SECONDS, else 20, as on upload).")
+def check_assignment(path: str, solution: Optional[str], budget: Optional[float]) -> None:
     """Validate a spec folder (or built-in id) and run its self-test."""
-    from grader.selftest import self_test
+    from grader.selftest import default_budget, self_test
 
+    if budget is None:
+        try:
+            budget = default_budget()
+        except ValueError as exc:  # a malformed $GRADER_SELFTEST_SECONDS
+            _fail(str(exc))
     try:
         assignment = _load_assignment(path)
     except SpecError as exc:
@@ -160,7 +167,7 @@ def check_assignment(path: str, solution: Optional[str]) -> None:
     from grader.sandbox import SandboxUnavailable
 
     try:
-        report = self_test(assignment, solution=data)
+        report = self_test(assignment, solution=data, budget_seconds=budget)
     except (SandboxUnavailable, SandboxFailure) as exc:
         _fail(str(exc), code=3)
     click.echo(f"{assignment.id} v{assignment.spec.version}: {len(assignment.functions)} functions, {assignment.max_score:g} points")

@@ -4,11 +4,17 @@ It checks that trials can be generated and reproduced, that the engine's answers
 with central finite differences of the spec's own forward definition, that the expected
 answers pass their own comparison, that the starter file declares the right functions,
 and, when a reference solution is given, that it earns full marks through the runner.
+
+It runs inside the instructor's upload request, so it has a time budget: checked between
+units of work (one trial, one finite-difference sample, one mutant on one trial), it stops
+with a problem instead of running on. The spec loader's size limits keep one unit small.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -19,10 +25,50 @@ from grader.compare import check_leaf
 from grader.grade import grade_bytes
 from grader.runner import Returned, Runner
 from grader.spec.load import Assignment, Function
-from grader.trials import Trial, TrialError, make_trials, objective_value
+from grader.trials import Trial, TrialError, make_trial, objective_value, plan
 
 FD_SAMPLES = 6  # elements checked per gradient output
 FD_EPS = 1e-6
+# The built-ins self-test in about a second each. A spec that takes 20 s over three seeds
+# also costs every grading several seconds of worker time, so it is better made smaller.
+DEFAULT_BUDGET_SECONDS = 20.0
+BUDGET_ENV = "GRADER_SELFTEST_SECONDS"
+
+
+def default_budget() -> float:
+    """The self-test's time budget in seconds: $GRADER_SELFTEST_SECONDS, else 20."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BUDGET_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: give the self-test's time budget as a number of seconds above 0")
+    return value
+
+
+class _OutOfTime(Exception):
+    def __init__(self, doing: str) -> None:
+        super().__init__(doing)
+        self.doing = doing
+
+
+class Budget:
+    """A deadline checked between units of work; `check` raises once it has passed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def check(self, doing: str) -> None:
+        if self.elapsed > self.seconds:
+            raise _OutOfTime(doing)
 
 
 @dataclass
@@ -43,10 +89,23 @@ def self_test(
     seeds: tuple[int, ...] = (0, 1, 2),
     solution: Optional[bytes] = None,
     runner: Optional[Runner] = None,
+    budget_seconds: Optional[float] = None,
 ) -> SelfTestReport:
+    """`budget_seconds` (default: `default_budget()`) bounds the checks of the functions;
+    grading the reference solution is bounded by the spec's own job time limit."""
     report = SelfTestReport()
-    for fn in assignment.functions:
-        _check_function(assignment, fn, seeds, report)
+    budget = Budget(default_budget() if budget_seconds is None else budget_seconds)
+    try:
+        for fn in assignment.functions:
+            _check_function(assignment, fn, seeds, report, budget)
+        if solution is not None and not report.problems:
+            budget.check("grading the reference solution")
+    except _OutOfTime as exc:
+        report.problems.append(
+            f"the self-test did not finish in {budget.seconds:g} s: after {budget.elapsed:.3g} s it stopped before {exc.doing}. "
+            "Every grading derives the same trials, so make them smaller or fewer (dimension ranges, shapes, "
+            "layers, trials.random, cases) or the forward definition cheaper"
+        )
     _check_starter(assignment, report)
     if solution is not None and report.problems:
         report.notes.append("reference solution not graded: the spec has problems to fix first")
@@ -62,13 +121,24 @@ def self_test(
     return report
 
 
-def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...], report: SelfTestReport) -> None:
+def _make_trials(assignment: Assignment, fn: Function, seed: int, budget: Budget) -> list[Trial]:
+    """`make_trials`, with the budget checked before each trial."""
+    trials = []
+    for index, trial_plan in enumerate(plan(fn)):
+        budget.check(f"generating {fn.name}'s trial {index} for seed {seed}")
+        trials.append(make_trial(assignment, fn, seed, index, trial_plan))
+    return trials
+
+
+def _check_function(
+    assignment: Assignment, fn: Function, seeds: tuple[int, ...], report: SelfTestReport, budget: Budget
+) -> None:
     trials: list[Trial] = []
     gradings: Gradings = {}
     for seed in seeds:
         try:
-            first = make_trials(assignment, fn, seed)
-            again = make_trials(assignment, fn, seed)
+            first = _make_trials(assignment, fn, seed, budget)
+            again = _make_trials(assignment, fn, seed, budget)
         except TrialError as exc:
             report.problems.append(f"{fn.name}: {exc}")
             return
@@ -80,6 +150,7 @@ def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...]
     if not visible:
         report.warnings.append(f"{fn.name}: every trial is hidden, so students never see a failing input")
     tol = assignment.spec.tolerance
+    budget.check(f"comparing {fn.name}'s expected answers")
     failing = sorted({
         info.label
         for trial in trials
@@ -95,22 +166,26 @@ def _check_function(assignment: Assignment, fn: Function, seeds: tuple[int, ...]
     for trial in sample:
         if sum(np.size(v) for v in trial.inputs.values() if isinstance(v, np.ndarray)) > 5000:
             continue  # finite differences on the large trials would be slow and say nothing more
+        budget.check(f"checking {fn.name}'s gradients by finite differences on trial {trial.index}")
         checked += _fd_check(fn, trial, rng, report)
     report.notes.append(f"{fn.name}: {len(trials)} trials over {len(seeds)} seeds; {checked} gradient entries match finite differences")
-    _check_mutants(assignment, fn, gradings, report)
+    _check_mutants(assignment, fn, gradings, report, budget)
+    budget.check(f"checking how {fn.name}'s outputs relate")
     warnings, notes = check_relations(assignment, fn, gradings)
     report.warnings.extend(warnings)
     report.notes.extend(notes)
 
 
-def _check_mutants(assignment: Assignment, fn: Function, gradings: Gradings, report: SelfTestReport) -> None:
+def _check_mutants(
+    assignment: Assignment, fn: Function, gradings: Gradings, report: SelfTestReport, budget: Budget
+) -> None:
     """Every mutant must evaluate and fail at least one trial of every grading (all trials of
     a seed, visible and hidden, compared as a submission's answers are), or a student who
     makes that mistake would get full marks and never hear of it."""
     if not fn.spec.mutants:
         return
     try:
-        checks = check_mutants(assignment, fn, gradings)
+        checks = check_mutants(assignment, fn, gradings, before=budget.check)
     except (ValueError, ArithmeticError) as exc:
         report.problems.append(f"{fn.name}: {exc}")
         return

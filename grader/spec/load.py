@@ -26,6 +26,7 @@ from grader.spec.model import (
     Trials,
 )
 from grader.spec.program import Program, ProgramError
+from grader.spec.limits import LimitError, check_assignment_size, check_function_size
 
 SPEC_FILE = "spec.yaml"
 MAX_SPEC_BYTES = 1 << 20
@@ -171,11 +172,15 @@ def parse_spec(data: Any, source: str = "spec") -> Assignment:
         spec = AssignmentSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(f"{source}: invalid spec:\n" + _describe(exc, data)) from None
+    try:
+        check_assignment_size(spec)
+    except LimitError as exc:
+        raise SpecError(f"{source}: {exc}") from None
     assignment = Assignment(spec=spec, folder=Path("."))
     for index, fn_spec in enumerate(spec.functions):
         try:
             assignment.functions.append(_resolve(spec, fn_spec, index))
-        except (SpecError, ProgramError) as exc:
+        except (SpecError, ProgramError, LimitError) as exc:
             raise SpecError(f"{source}: functions[{index}] ({fn_spec.name}): {exc}") from None
     return assignment
 
@@ -279,6 +284,7 @@ def _resolve(spec: AssignmentSpec, fn: FunctionSpec, index: int) -> Function:
 
     trials = fn.trials or spec.trials
     _check_cases(spec, trials, dims, inputs)
+    check_function_size(spec, fn, dims, inputs, trials)
     limits = _merge_limits(DEFAULT_LIMITS, spec.limits, fn.limits)
     repairs = []
     for expr, constraint in zip(constraint_exprs, fn.constraints):

@@ -20,9 +20,10 @@ from __future__ import annotations
 import ast
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from grader.engine import OPS, Tensor, apply
+from grader.spec.limits import MAX_EXECUTED_STATEMENTS, MAX_LOOP_ITERATIONS, MAX_PROGRAM_DEPTH, MAX_PROGRAM_NODES
 
 
 class ProgramError(ValueError):
@@ -44,7 +45,6 @@ _BINOPS: dict[type, tuple[str, Any]] = {
     ast.Mod: ("", operator.mod),
 }
 _BUILTINS = {"len", "range"}
-MAX_LOOP_ITERATIONS = 10_000
 
 
 @dataclass
@@ -59,8 +59,11 @@ class Program:
             tree = ast.parse(source, mode="exec")
         except SyntaxError as exc:
             raise ProgramError(f"syntax error: {exc.msg}", exc.lineno) from None
+        except (RecursionError, MemoryError):
+            raise ProgramError(f"nested too deeply to parse; the limit is {MAX_PROGRAM_DEPTH} levels") from None
         if not tree.body:
             raise ProgramError("the forward definition is empty")
+        _check_size(tree)
         program = cls(source, tree)
         for stmt in tree.body:
             program._check_stmt(stmt, loop_vars=set())
@@ -182,14 +185,22 @@ class Program:
     def run(self, env: dict[str, Any]) -> dict[str, Any]:
         """Evaluate into a copy of `env` (inputs: Tensors, ints, floats, lists of Tensors)."""
         scope = dict(env)
+        steps = [0]  # statements executed so far, shared by nested loops
         for stmt in self.tree.body:
-            self._exec(stmt, scope)
+            self._exec(stmt, scope, steps)
         return scope
 
     def evaluate(self, expr: ast.expr, env: dict[str, Any]) -> Any:
         return self._eval(expr, env)
 
-    def _exec(self, stmt: ast.stmt, env: dict[str, Any]) -> None:
+    def _exec(self, stmt: ast.stmt, env: dict[str, Any], executed: list[int]) -> None:
+        executed[0] += 1
+        if executed[0] > MAX_EXECUTED_STATEMENTS:
+            # Each loop is capped, but nested loops multiply; one trial must stay quick.
+            raise ProgramError(
+                f"the forward definition executes more than {MAX_EXECUTED_STATEMENTS:,} statements (nested loops?)",
+                stmt.lineno,
+            )
         if isinstance(stmt, ast.Assign):
             env[stmt.targets[0].id] = self._eval(stmt.value, env)  # type: ignore[union-attr]
             return
@@ -203,7 +214,7 @@ class Program:
         for i in steps:
             env[stmt.target.id] = i  # type: ignore[union-attr]
             for inner in stmt.body:
-                self._exec(inner, env)
+                self._exec(inner, env, executed)
 
     def _eval(self, node: ast.expr, env: dict[str, Any]) -> Any:
         line = getattr(node, "lineno", None)
@@ -266,6 +277,23 @@ class Program:
                 raise ProgramError(".T needs an array", line)
             return value.T
         raise ProgramError(f"cannot evaluate {type(node).__name__}", line)
+
+
+def _check_size(tree: ast.Module) -> None:
+    """Count and measure depth without recursion: the checks below recurse per level."""
+    count = 0
+    stack: list[tuple[ast.AST, int, Optional[int]]] = [(tree, 0, None)]
+    while stack:
+        node, depth, line = stack.pop()
+        line = getattr(node, "lineno", line)
+        count += 1
+        if count > MAX_PROGRAM_NODES:
+            raise ProgramError(f"the definition has more than {MAX_PROGRAM_NODES:,} syntax nodes (names, numbers, operators)")
+        if depth > MAX_PROGRAM_DEPTH:
+            raise ProgramError(
+                f"an expression nests more than {MAX_PROGRAM_DEPTH} levels deep; split it into several assignments", line
+            )
+        stack.extend((child, depth + 1, line) for child in ast.iter_child_nodes(node))
 
 
 def _constant(node: ast.expr) -> Any:
