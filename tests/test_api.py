@@ -211,6 +211,22 @@ def test_use_of_a_token_is_recorded(client, session, student_token):
     assert row.last_used_at is not None and row.last_used_at >= before - dt.timedelta(seconds=1)
 
 
+def test_token_use_is_written_at_most_once_a_minute(client, session, student_token):
+    # A polling script must not cost a commit per request; the account page shows minutes.
+    assert client.get(f"{API}/me", headers=bearer(student_token)).status_code == 200
+    session.expire_all()
+    row = session.scalar(select(ApiToken))
+    first = row.last_used_at
+    assert client.get(f"{API}/me", headers=bearer(student_token)).status_code == 200
+    session.expire_all()
+    assert row.last_used_at == first
+    row.last_used_at = first - dt.timedelta(minutes=2)
+    session.commit()
+    assert client.get(f"{API}/me", headers=bearer(student_token)).status_code == 200
+    session.expire_all()
+    assert row.last_used_at > first - dt.timedelta(minutes=2)
+
+
 def test_unknown_paths_and_methods_answer_json(client, student_token):
     missing = client.get(f"{API}/nothing-here", headers=bearer(student_token))
     assert missing.status_code == 404 and missing.get_json()["error"] == "Not Found"

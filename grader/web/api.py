@@ -111,7 +111,7 @@ def _authenticate() -> Optional[User]:
     if "api_user" not in g:
         token = _bearer_token()
         found = accounts.user_for_token(db(), token) if token else None
-        if found is not None:
+        if found is not None and db().dirty:
             db().commit()  # the token's last_used_at, shown on the account page
         g.api_user = found
         g.api_token_given = token is not None
