@@ -430,6 +430,7 @@ class _ZygoteChild:
     so the zygote's round trip overlaps encoding the job."""
 
     reports_confinement = True
+    shared_memory = True  # hands over the child's two memfds (see protocol.InputRegion)
 
     def __init__(self, zygote: _Zygote) -> None:
         self.zygote = zygote
@@ -446,12 +447,12 @@ class _ZygoteChild:
 
     def connect(self) -> None:
         reply = self.zygote.receive(START_TIMEOUT, "started", self.id)
-        if reply is None or len(reply[1]) != 2:
+        if reply is None or len(reply[1]) != 4:
             for fd in reply[1] if reply else []:
                 os.close(fd)
             raise SandboxFailure("the sandbox zygote did not hand over a child")
         self.fds = reply[1]
-        self.job_fd, self.result_fd = self.fds
+        self.job_fd, self.result_fd, self.input_fd, self.output_fd = self.fds
 
     def kill(self) -> None:
         if self.status is None:

@@ -8,6 +8,7 @@ no process was left behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -364,19 +365,31 @@ def test_no_grader_or_autodiff_library(runner: SandboxRunner, module: str) -> No
 
 def test_no_fds_of_the_grader_are_open(runner: SandboxRunner) -> None:
     body = """
+    import fcntl, stat
     fds = []
     for fd in range(1024):
         try:
-            os.fstat(fd)
-            fds.append(fd)
+            mode = os.fstat(fd).st_mode
         except OSError:
-            pass
-    print(fds)
+            continue
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # only a memfd has seals
+        except OSError:
+            seals = None
+        fds.append([fd, "pipe" if stat.S_ISFIFO(mode) else "file" if stat.S_ISREG(mode) else "other", seals])
+    print(json.dumps(fds))
     return 2 * x
     """
-    result = attack(runner, body)
+    result = attack(runner, body, top="import json")
     fds = json.loads(double_part(result)["printed"].splitlines()[0])
-    assert len(fds) == 4, fds  # stdin (/dev/null), stdout and stderr (the capture file), the result pipe
+    # stdin (/dev/null), stdout and stderr (the capture file), the result pipe, and the
+    # result memfd: sized and sealed by the parent (the probe's arrays are too small for
+    # an input memfd, which the child then closes). Nothing else: no socket, no fd of the
+    # zygote or of another child.
+    assert [fd for fd, _, _ in fds[:3]] == [0, 1, 2], fds
+    rest = sorted((kind, seals) for _, kind, seals in fds[3:])
+    grow_shrink_seal = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+    assert rest == [("file", grow_shrink_seal), ("pipe", None)], fds
 
 
 def test_proc_is_out_of_reach(runner: SandboxRunner) -> None:

@@ -16,17 +16,25 @@ trusted parent, and marshal is much cheaper). Values are encoded as a skeleton; 
 C-order bytes. In a job, every blob is padded to a multiple of 16 bytes and so is the
 header, so that argument arrays are aligned like any caller's arrays.
 
+Large arrays can instead travel through two memfds the zygote gives the child (see
+`attach_regions`): the job's blob table then holds (offset, length) for an argument in the
+sealed input file, which the child maps privately (writable, copy on write: the sealed
+file itself is the pristine copy of the arguments), and a result's blob table entry
+[offset, length] names bytes it wrote into its result file.
+
 The result frames of a job are written as each call ends, so what completed before a hang
 or a crash is already in the pipe when the parent kills the child. The parent does not
 wake up per frame: it reads the pipe every millisecond or so, and when the child closes
 the pipe (it does so right after its last frame, or by dying).
 """
 
+import ctypes
 import inspect
 import json
 import json.encoder
 import linecache
 import marshal
+import mmap
 import os
 import struct
 import sys
@@ -41,6 +49,7 @@ FILENAME = "submission.py"
 MAX_DEPTH = 32
 MAX_NODES = 100_000
 MAX_TRACEBACK = 4000
+SHARED_MIN_BYTES = 64 << 10  # as protocol.SHARED_MIN_BYTES
 _ALLOWED_KINDS = "biufc"
 
 
@@ -93,9 +102,71 @@ def read_job(fd, buffer=None):
     header = marshal.loads(payload[4 : 4 + hlen])
     blobs, offset = [], 4 + hlen
     for size in header.get("blobs", []):
+        if type(size) is tuple:
+            blobs.append(None)  # in the input memfd: see attach_regions
+            continue
         blobs.append(payload[offset : offset + size])
         offset += size
     return header, blobs
+
+
+class _ResultRegion:
+    """The result memfd: large result arrays are written into it, one after the other;
+    whatever does not fit (or fails to write) takes the pipe."""
+
+    def __init__(self, fd, size):
+        self.fd = fd
+        self.size = size
+        self.pos = 0
+
+    def put(self, array):
+        """The blob table entry ("[offset,length]") for `array`, or None if it must be
+        sent in the frame."""
+        nbytes = array.nbytes
+        offset = -self.pos % 64 + self.pos
+        if offset + nbytes > self.size:
+            return None
+        self.pos = offset + nbytes  # even after a failed write: offsets only grow
+        data = memoryview(array.reshape(-1).view(np.uint8) if array.flags.c_contiguous else array.tobytes())
+        done = 0
+        try:
+            while done < nbytes:
+                written = os.pwritev(self.fd, [data[done:]], offset + done)
+                if written <= 0:
+                    raise OSError("no progress")
+                done += written
+        except OSError:
+            self.size = 0  # the student's code closed or replaced the fd: use the pipe
+            return None
+        return "[%d,%d]" % (offset, nbytes)
+
+
+_results_region = None
+
+
+def attach_regions(header, blobs, input_fd, output_fd):
+    """Map the job's arguments from the sealed input memfd into `blobs`, and send large
+    results through the output memfd from now on. Returns the blobs' pristine copies:
+    views of a second, read-only mapping of the same sealed file for the mapped blobs (the
+    student's writes to an argument go to private copies of its pages, never to the
+    file), None for the others. Without regions in the header, nothing changes."""
+    global _results_region
+    regions = header.get("regions")
+    originals = [None] * len(blobs)
+    if not regions:
+        return originals
+    size = regions["in"]
+    if size:
+        args = memoryview(mmap.mmap(input_fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
+        pristine = memoryview(mmap.mmap(input_fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ))
+        for i, entry in enumerate(header["blobs"]):
+            if type(entry) is tuple:
+                offset, length = entry
+                blobs[i] = args[offset : offset + length]
+                originals[i] = pristine[offset : offset + length]
+    os.close(input_fd)  # each mapping holds its own (sealed) fd
+    _results_region = _ResultRegion(output_fd, regions["out"])
+    return originals
 
 
 def write_frame(fd, header, blobs=(), sizes=None):
@@ -185,7 +256,8 @@ class Encoder:
 
     def __init__(self, numeric_lists=True):
         self.blobs = []
-        self.sizes = []
+        self.sizes = []  # the blob table: inline sizes, or "[offset,length]" in the result memfd
+        self.inline = []  # sizes of the blobs in the frame
         self.nodes = 0
         self.numeric_lists = numeric_lists
 
@@ -242,11 +314,18 @@ class Encoder:
 
     def array(self, array, kind):
         nbytes = array.nbytes
-        if nbytes <= 4096 or not array.flags.c_contiguous:
-            self.blobs.append(array.tobytes())
+        entry = None
+        if nbytes > SHARED_MIN_BYTES and _results_region is not None:
+            entry = _results_region.put(array)
+        if entry is not None:
+            self.sizes.append(entry)
         else:
-            self.blobs.append(array.reshape(-1).view(np.uint8))  # no copy of a large array
-        self.sizes.append(nbytes)
+            if nbytes <= 4096 or not array.flags.c_contiguous:
+                self.blobs.append(array.tobytes())
+            else:
+                self.blobs.append(array.reshape(-1).view(np.uint8))  # no copy of a large array
+            self.sizes.append(nbytes)
+            self.inline.append(nbytes)
         shape = ",".join(map(str, array.shape))
         if kind == "array":
             return '{"a":%d,"d":"%s","s":[%s]}' % (len(self.sizes) - 1, array.dtype.str, shape)
@@ -267,11 +346,19 @@ class Encoder:
         return self.encode(after)
 
 
+_memcmp = ctypes.CDLL(None).memcmp
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_memcmp.restype = ctypes.c_int
+
+
 def _same_values(a, b):
-    # Small arrays: bitwise equality of the bytes is the cheapest test (NaNs compare equal).
-    # Large ones: compare in place instead of copying megabytes out.
+    """Bitwise equality (NaNs compare equal; anything else that differs is sent back, and
+    the parent judges it). Small arrays: comparing their bytes is cheapest. Large ones are
+    compared in place: no copies, no temporaries (np.array_equal made several)."""
     if a.nbytes <= 65536:
         return a.tobytes() == b.tobytes()
+    if a.flags.c_contiguous and b.flags.c_contiguous:
+        return _memcmp(a.__array_interface__["data"][0], b.__array_interface__["data"][0], a.nbytes) == 0
     return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
 
 
@@ -382,11 +469,25 @@ def _send(result_fd, output, header):
 _signature_checked = {}
 
 
-def _copy_args(args):
-    return [a.copy() if isinstance(a, np.ndarray) else _copy_args(a) if isinstance(a, list) else a for a in args]
+def _copy_args(args, skels=None, originals=None):
+    """What the arguments were before the call: a copy of each array, or, for one mapped
+    from the sealed input memfd, a view of its read-only mapping (no copy to make)."""
+    out = []
+    for i, arg in enumerate(args):
+        skel = skels[i] if skels is not None else None
+        if isinstance(arg, np.ndarray):
+            if skel is not None and "a" in skel and originals[skel["a"]] is not None:
+                out.append(load_arg(skel, originals))
+            else:
+                out.append(arg.copy())
+        elif isinstance(arg, list):
+            out.append(_copy_args(arg, skel["l"] if skel is not None and "l" in skel else None, originals))
+        else:
+            out.append(arg)
+    return out
 
 
-def run_call(module, call, blobs, result_fd, output):
+def run_call(module, call, blobs, result_fd, output, originals=None):
     output.reset()
     name = call["function"]
     func = module.__dict__.get(name)
@@ -400,7 +501,7 @@ def run_call(module, call, blobs, result_fd, output):
         _send(result_fd, output, reply)
         return
     args = [decode(a, blobs) for a in call["args"]]
-    pristine = _copy_args(args)
+    pristine = _copy_args(args, call["args"], originals) if originals else _copy_args(args)
     key = (name, id(func), len(args))
     if key not in _signature_checked:
         _signature_checked[key] = check_signature(func, len(args))
@@ -436,7 +537,7 @@ def run_call(module, call, blobs, result_fd, output):
     printed = ',"output":%s,"output_dropped":%d' % (_quote(text), dropped) if text or dropped else ""
     head = '{"kind":"call","index":%d,"status":"ok","seconds":%s,"value":%s,"args_after":%s%s,"blobs":[%s]}' % (
         call["index"], _float(seconds), skeleton, after, printed, ",".join(map(str, encoder.sizes)))
-    write_raw_frame(result_fd, head.encode("ascii"), encoder.blobs, encoder.sizes)
+    write_raw_frame(result_fd, head.encode("ascii"), encoder.blobs, encoder.inline)
 
 
 WARM_SOURCE = """
@@ -511,7 +612,7 @@ def warm_up(stop=lambda: False):
         step()
 
 
-def serve(header, blobs, result_fd, output=None):
+def serve(header, blobs, result_fd, output=None, originals=None):
     """Load the student's module and run every call of the job, one frame per call; then
     close the result fd, which tells the parent (waiting for that) that all is written."""
     limits = header.get("limits", {})
@@ -525,7 +626,7 @@ def serve(header, blobs, result_fd, output=None):
     else:
         _send(result_fd, output, {"kind": "loaded", "ok": True, "seconds": time.perf_counter() - start})
         for call in header["calls"]:
-            run_call(module, call, blobs, result_fd, output)
+            run_call(module, call, blobs, result_fd, output, originals)
         write_frame(result_fd, {"kind": "done"})
     try:
         os.close(result_fd)

@@ -164,6 +164,9 @@ DENIED = {
     "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
     "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
     "mq_notify": 244, "mq_getsetattr": 245,
+    # Anonymous shared memory is not counted by RLIMIT_AS; a child's memfds are made for it
+    # by the zygote (see zygote.make_spare), sized and sealed by the parent.
+    "memfd_create": 319, "memfd_secret": 447,
     # Permissions and times: a mode-000 directory in scratch would survive the cleanup
     # (same uid) and fill the tmpfs for later submissions.
     "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93,

@@ -5,12 +5,23 @@ before they are buffered, JSON is parsed from bounded bytes, and skeletons are w
 with a depth limit. Arrays travel as raw bytes described in the skeleton by a dtype string,
 which must be one of a fixed set of plain numeric dtypes (nothing else is ever parsed:
 no pickles, no object or structured dtypes), and a shape whose size must match the bytes.
+
+Large arrays (over SHARED_MIN_BYTES) travel through two shared-memory files (memfds) when
+the child has them, instead of through the pipes: the parent writes the job's large
+arguments into one and seals it (no write, resize or further seal by anyone) before the
+child sees the job; the child writes its large results into the other, of a fixed size
+the parent set and sealed, and a frame's blob table names them by [offset, length]. The
+parent copies each such blob out before it looks at it, and accepts ranges only inside
+the file, in increasing order and without overlap, so a hostile child can neither point
+outside the file nor make the parent copy the same bytes twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import marshal
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -23,6 +34,13 @@ MAX_DEPTH = 40
 MAX_NODES = 100_000  # values in one decoded result, as the child caps its own encoding
 MAX_HEADER_BYTES = 1 << 20  # the JSON part of a frame; arrays travel as blobs
 MAX_NDIM = 32
+SHARED_MIN_BYTES = 64 << 10  # smaller arrays take the pipe: no memfd work for them
+# The child's result file. At most the child's RLIMIT_FSIZE (confine.set_rlimits), which
+# bounds the offsets it can write at; results beyond it take the pipe.
+OUTPUT_REGION_BYTES = 16 << 20
+ALIGN = 64
+INPUT_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+OUTPUT_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 def _allowed_dtypes() -> dict[str, np.dtype]:
@@ -58,13 +76,80 @@ def pack_frame(header: dict[str, Any], blobs: list[Any], sizes: Optional[list[in
     return b"".join([struct.pack("<QI", 4 + len(head) + sum(sizes), len(head)), head, *blobs])
 
 
-class ArgEncoder:
-    """Encodes trial arguments (trusted values from the trial generator); blobs are padded
-    to 16 bytes so the child's argument arrays are aligned."""
+class InputRegion:
+    """The job's large argument arrays, laid out for the sealed memfd the child maps."""
 
     def __init__(self) -> None:
+        self.arrays: list[tuple[int, np.ndarray]] = []  # (offset, array)
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> tuple[int, int]:
+        offset = -self.size % ALIGN + self.size
+        self.arrays.append((offset, array))
+        self.size = offset + array.nbytes
+        return offset, array.nbytes
+
+    def install(self, input_fd: int, output_fd: int, output_bytes: int = OUTPUT_REGION_BYTES) -> None:
+        """Write the arrays into `input_fd` and seal it; size and seal `output_fd`. Both must
+        be fresh, empty memfds that allow sealing (the zygote makes one pair per child)."""
+        for fd in (input_fd, output_fd):
+            if os.fstat(fd).st_size != 0 or fcntl.fcntl(fd, fcntl.F_GET_SEALS) != 0:
+                raise ValueError("a shared-memory file for a child is not fresh")
+        os.ftruncate(input_fd, self.size)
+        for offset, array in self.arrays:
+            data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+            done = 0
+            while done < len(data):
+                written = os.pwrite(input_fd, data[done:], offset + done)
+                if written <= 0:
+                    raise OSError(f"a shared-memory file took no more bytes at {offset + done}")
+                done += written
+        os.ftruncate(output_fd, output_bytes)
+        fcntl.fcntl(input_fd, fcntl.F_ADD_SEALS, INPUT_SEALS)
+        fcntl.fcntl(output_fd, fcntl.F_ADD_SEALS, OUTPUT_SEALS)
+        for fd, seals in ((input_fd, INPUT_SEALS), (output_fd, OUTPUT_SEALS)):
+            if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & seals != seals:
+                raise ValueError("a shared-memory file could not be sealed")
+
+
+class OutputRegion:
+    """The parent's view of a child's result memfd: blobs are copied out of it, in
+    increasing order and never twice, and only from inside the file."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.next = 0  # the lowest offset the next blob may start at
+
+    def take(self, entry: Any) -> memoryview:
+        if not (type(entry) is list and len(entry) == 2 and type(entry[0]) is int and type(entry[1]) is int):
+            raise ProtocolError("bad blob table")
+        offset, length = entry
+        if offset < self.next or length < 0 or offset + length > self.size:
+            raise ProtocolError("an array in shared memory lies outside its allowed range")
+        # A copy, read with pread (no mapping: nothing the child does to the file can
+        # fault the parent); what the child writes later cannot change it.
+        buffer = np.empty(length, dtype=np.uint8)
+        done = 0
+        while done < length:
+            n = os.preadv(self.fd, [buffer[done:]], offset + done)
+            if n <= 0:
+                raise ProtocolError("an array in shared memory is cut short")
+            done += n
+        self.next = offset + length
+        return memoryview(buffer)
+
+
+class ArgEncoder:
+    """Encodes trial arguments (trusted values from the trial generator); blobs are padded
+    to 16 bytes so the child's argument arrays are aligned. With a `region`, arrays over
+    SHARED_MIN_BYTES go there instead, and their blob table entry is (offset, length)."""
+
+    def __init__(self, region: Optional[InputRegion] = None) -> None:
         self.blobs: list[Any] = []
-        self.sizes: list[int] = []
+        self.sizes: list[int] = []  # inline blobs, in the frame
+        self.table: list[Any] = []  # every blob: its inline size, or (offset, length) in the region
+        self.region = region
 
     def encode(self, value: Any) -> dict[str, Any]:
         if isinstance(value, np.ndarray):
@@ -88,6 +173,9 @@ class ArgEncoder:
         if array.dtype.str not in DTYPES:
             raise TypeError(f"cannot send an array of dtype {array.dtype} to the sandbox")
         nbytes = array.nbytes
+        if self.region is not None and nbytes > SHARED_MIN_BYTES:
+            self.table.append(self.region.add(array))
+            return {"a": len(self.table) - 1, "d": array.dtype.str, "s": array.shape}
         if nbytes <= 65536 or not array.flags.c_contiguous:
             self.blobs.append(array.tobytes())
         else:
@@ -96,7 +184,8 @@ class ArgEncoder:
         if pad:
             self.blobs.append(bytes(pad))
         self.sizes.append(nbytes + pad)
-        return {"a": len(self.sizes) - 1, "d": array.dtype.str, "s": array.shape}
+        self.table.append(nbytes + pad)
+        return {"a": len(self.table) - 1, "d": array.dtype.str, "s": array.shape}
 
 
 class FrameReader:
@@ -107,8 +196,9 @@ class FrameReader:
     A bad frame does not swallow the good ones read with it in the same chunk: `feed`
     returns those, keeps the error in `error`, and raises it on the next call."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, region: Optional[OutputRegion] = None) -> None:
         self.max_frame = max_frame
+        self.region = region  # the child's result memfd, if it has one
         self.buffer = bytearray()  # an incomplete frame
         self.need = 8  # bytes the buffered frame needs before it can be parsed
         self.error: Optional[ProtocolError] = None
@@ -134,7 +224,7 @@ class FrameReader:
                 end = pos + 8 + length
                 if end > size:
                     break
-                frames.append(parse_payload(view[pos + 8 : end]))
+                frames.append(parse_payload(view[pos + 8 : end], self.region, self.max_frame))
                 pos = end
         except ProtocolError as exc:
             self.error = exc
@@ -156,7 +246,12 @@ class FrameReader:
 _json = json.JSONDecoder()
 
 
-def parse_payload(payload: "bytes | memoryview") -> tuple[dict[str, Any], list[memoryview]]:
+def parse_payload(
+    payload: "bytes | memoryview", region: Optional[OutputRegion] = None, max_bytes: Optional[int] = None
+) -> tuple[dict[str, Any], list[memoryview]]:
+    """A frame's header and blobs. Blobs in the frame are views into it; a blob table entry
+    [offset, length] is a blob in `region` (copied out), counted with the frame against
+    `max_bytes`."""
     payload = memoryview(payload)
     size = len(payload)
     if size < 4:
@@ -178,14 +273,26 @@ def parse_payload(payload: "bytes | memoryview") -> tuple[dict[str, Any], list[m
     sizes = header.get("blobs", [])
     if type(sizes) is not list or len(sizes) > MAX_NODES:
         raise ProtocolError("bad blob table")
-    blobs, offset = [], 4 + hlen
+    blobs, offset, shared = [], 4 + hlen, []
     for n in sizes:
+        if type(n) is list and len(n) == 2 and type(n[0]) is int and type(n[1]) is int:
+            shared.append(len(blobs))
+            blobs.append(n)
+            continue
         if type(n) is not int or n < 0:
             raise ProtocolError("bad blob table")
         blobs.append(payload[offset : offset + n])  # views: no copy per array
         offset += n
     if offset != size:
         raise ProtocolError("blob sizes do not add up to the frame length")
+    if shared:
+        if region is None:
+            raise ProtocolError("an array in shared memory, which this child does not have")
+        total = size + sum(max(blobs[i][1], 0) for i in shared)
+        if max_bytes is not None and total > max_bytes:
+            raise ProtocolError(f"a result of {total} bytes exceeds the {max_bytes}-byte limit")
+        for i in shared:
+            blobs[i] = region.take(blobs[i])
     return header, blobs
 
 
@@ -329,15 +436,22 @@ def _decode(skel: Any, state: Decoder, depth: int) -> Any:
     raise ProtocolError("malformed value")
 
 
-def encode_job(source: str, calls: list[tuple[int, str, list[Any]]], limits: dict[str, Any]) -> bytes:
-    """One job: the source, the calls (index, function name, arguments) and the limits."""
-    encoder = ArgEncoder()
+def encode_job(
+    source: str, calls: list[tuple[int, str, list[Any]]], limits: dict[str, Any], region: Optional[InputRegion] = None
+) -> bytes:
+    """One job: the source, the calls (index, function name, arguments) and the limits.
+    With a `region` (a child with shared memory), large arrays are laid out in it instead,
+    for `InputRegion.install` once the child's memfds are known, and the header gives the
+    sizes of both memfds."""
+    encoder = ArgEncoder(region)
     header = {
         "source": source,
         "limits": limits,
         "calls": [{"index": i, "function": name, "args": [encoder.encode(a) for a in args]} for i, name, args in calls],
-        "blobs": encoder.sizes,
+        "blobs": encoder.table,
     }
+    if region is not None:
+        header["regions"] = {"in": region.size, "out": OUTPUT_REGION_BYTES}
     # The job's header is marshalled, not JSON: several times cheaper on both sides. It
     # only ever travels from the trusted parent to the child; nothing the child sends is
     # read with marshal, which is no format for untrusted data. Padded so that the blobs

@@ -25,7 +25,18 @@ import time
 from typing import Any, Callable, Optional, Protocol
 
 from grader.runner.base import CallResult, Job, LoadResult, RunReport
-from grader.runner.protocol import UNCHANGED, Decoder, FrameReader, ProtocolError, clean_text, encode_job, error_of
+from grader.runner.protocol import (
+    OUTPUT_REGION_BYTES,
+    UNCHANGED,
+    Decoder,
+    FrameReader,
+    InputRegion,
+    OutputRegion,
+    ProtocolError,
+    clean_text,
+    encode_job,
+    error_of,
+)
 
 MAX_OUTPUT_TOTAL = 64 << 10
 READ_INTERVAL = 0.001  # seconds between reads of the result pipe while results arrive
@@ -45,6 +56,9 @@ class ChildHandle(Protocol):
     job_fd: int  # write end of the job pipe (owned by the handle), once connected
     result_fd: int  # read end of the result pipe (owned by the handle), once connected
     diagnostic_fds: list[int]  # extra read ends (the harness's own stderr), drained and kept
+    # A handle whose class sets `shared_memory = True` also has, once connected,
+    # `input_fd` and `output_fd`: two fresh memfds the child holds (large arrays travel
+    # through them, see protocol.InputRegion); a handle without them uses the pipes only.
 
     def connect(self) -> None:
         """Wait until the pipes above are there (the job is encoded in the meantime)."""
@@ -165,9 +179,17 @@ class _Session:
     def run(self, child: ChildHandle) -> None:
         try:
             calls = [(i, self.job.calls[i].function, self.job.calls[i].args) for i in self.pending]
-            payload = encode_job(self.job.source, calls, self.limits())
+            region = InputRegion() if getattr(child, "shared_memory", False) else None
+            payload = encode_job(self.job.source, calls, self.limits(), region)
             child.connect()
-            self._loop(child, payload)
+            results = None
+            if region is not None:
+                try:
+                    region.install(child.input_fd, child.output_fd)  # type: ignore[attr-defined]
+                except (OSError, ValueError) as exc:
+                    raise SandboxFailure(f"cannot set up a child's shared memory: {exc}") from None
+                results = OutputRegion(child.output_fd, OUTPUT_REGION_BYTES)  # type: ignore[attr-defined]
+            self._loop(child, payload, results)
         finally:
             child.kill()
             child.close()
@@ -187,8 +209,8 @@ class _Session:
             step = self.job.calls[current].wall_seconds if current is not None else 2.0
         return min(now + step, self.job_deadline)
 
-    def _loop(self, child: ChildHandle, payload: bytes) -> None:
-        reader = FrameReader(self.job.max_result_bytes)
+    def _loop(self, child: ChildHandle, payload: bytes, results: Optional[OutputRegion] = None) -> None:
+        reader = FrameReader(self.job.max_result_bytes, results)
         for fd in (child.job_fd, child.result_fd, *child.diagnostic_fds):
             os.set_blocking(fd, False)
         try:
@@ -349,8 +371,13 @@ class _Session:
         if kind != "call" or header.get("index") != current or current is None:
             self._fail("protocol", "an unexpected message arrived on the result channel")
             return True
-        self.results[current] = _call_result(header, blobs, len(self.job.calls[current].args))
+        result = self.results[current] = _call_result(header, blobs, len(self.job.calls[current].args))
         self.pending.pop(0)
+        if result.status == "protocol":
+            # A malformed value is a forged frame (the harness writes none): the frames
+            # after it cannot be trusted to belong to the calls they name.
+            self.stopped_at = current
+            return True
         return False
 
     def _fail(self, status: str, detail: str = "") -> None:

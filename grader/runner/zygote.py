@@ -16,7 +16,9 @@ seccomp denies ptrace and the like).
 Control channel: a SOCK_SEQPACKET socket from the trusted parent, one JSON message per
 packet. `run` answers `started` with the spare's pipe ends (SCM_RIGHTS): the write end of
 its job pipe and the read end of its result pipe, so the child's data flows straight to
-the parent and the zygote never handles it. `kill` SIGKILLs a child, `ping` checks
+the parent and the zygote never handles it; and its two memfds, empty, for large arrays
+(the parent fills and seals the input one, sizes and seals the output one; the zygote
+keeps no copy). `kill` SIGKILLs a child, `ping` checks
 health; the zygote reports `exited` with the raw wait status. The child applies its job's
 rlimits after reading the job, before loading the student's file.
 """
@@ -97,7 +99,7 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.children = {}  # pid -> (job id or None for a spare, scratch dir)
-        self.spares = []  # (pid, job write end, result read end), oldest first
+        self.spares = []  # (pid, (job write end, result read end, input memfd, output memfd)), oldest first
         self.replenish = False  # a job's child has exited: fork spares up to SPARES
         self.serial = 0
 
@@ -107,6 +109,9 @@ class Zygote:
         os.mkdir(scratch, 0o700)
         job_r, job_w = os.pipe()
         result_r, result_w = os.pipe()
+        # Made here, because a confined child may not make memfds (seccomp).
+        input_fd = os.memfd_create("job-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        output_fd = os.memfd_create("job-results", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         # Objects the child inherits are frozen out of the garbage collector: otherwise its
         # first collection writes to every one of them, copying most of the zygote's pages.
         gc.freeze()
@@ -120,22 +125,22 @@ class Zygote:
         if pid == 0:
             code = 70
             try:
-                code = run_child(job_r, result_w, scratch, self.config)
+                code = run_child(job_r, result_w, scratch, self.config, (input_fd, output_fd))
             finally:
                 os._exit(code)
         os.close(job_r)
         os.close(result_w)
         self.children[pid] = (None, scratch)
-        self.spares.append((pid, job_w, result_r))
+        self.spares.append((pid, (job_w, result_r, input_fd, output_fd)))
 
     def run(self, job_id):
         if not self.spares:
             self.make_spare()
-        pid, job_w, result_r = self.spares.pop(0)
+        pid, fds = self.spares.pop(0)
         self.children[pid] = (job_id, self.children[pid][1])
-        send(self.ctl, {"op": "started", "id": job_id, "pid": pid}, (job_w, result_r))
-        os.close(job_w)
-        os.close(result_r)
+        send(self.ctl, {"op": "started", "id": job_id, "pid": pid}, fds)
+        for fd in fds:
+            os.close(fd)
         # The replacement is forked when this child exits (see loop), while the parent
         # compares results: forking now would compete with the job for the CPU.
 
@@ -210,7 +215,8 @@ class Zygote:
                 self.kill(message.get("id"))
             elif op == "ping":
                 jobs = sum(1 for owner, _ in self.children.values() if owner is not None)
-                send(self.ctl, {"op": "pong", "children": len(self.children), "jobs": jobs, "spares": len(self.spares)})
+                send(self.ctl, {"op": "pong", "children": len(self.children), "jobs": jobs, "spares": len(self.spares),
+                                "fds": open_fds()})
         self.kill_all()
 
     def kill_all(self):
@@ -219,6 +225,14 @@ class Zygote:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def open_fds():
+    """How many fds the zygote holds (a leak check for the tests), -1 if unknown."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd
+    except OSError:
+        return -1
 
 
 def close_all_but(keep):
@@ -237,14 +251,14 @@ def close_all_but(keep):
                 pass
 
 
-def run_child(job_fd, result_fd, scratch, config):
+def run_child(job_fd, result_fd, scratch, config, regions):
     os.setsid()  # its own process group and session: a kill(0) can never reach the zygote
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    close_all_but({0, 1, 2, job_fd, result_fd})
+    close_all_but({0, 1, 2, job_fd, result_fd, *regions})
     os.chdir(scratch)
     try:
         confine.no_new_privs()
@@ -266,11 +280,16 @@ def run_child(job_fd, result_fd, scratch, config):
         return 2
     header, blobs = job
     try:
+        originals = child.attach_regions(header, blobs, *regions)
+    except Exception as exc:  # never the student's fault: no student code has run yet
+        child.write_frame(result_fd, {"kind": "confinement_failed", "detail": "shared memory: %s" % exc}, [])
+        return 3
+    try:
         confine.set_rlimits_for(header.get("limits", {}))
     except Exception as exc:  # fail closed, and visibly: the parent treats this as a sandbox fault
         child.write_frame(result_fd, {"kind": "confinement_failed", "detail": "rlimits: %s" % exc}, [])
         return 3
-    return child.serve(header, blobs, result_fd, output)
+    return child.serve(header, blobs, result_fd, output, originals)
 
 
 def main():
