@@ -775,7 +775,7 @@ def test_hidden_trials_cannot_be_used_to_smuggle_their_inputs_out():
     )
     result = grade(src)
     text = json.dumps(result)
-    for leaked in ("leak", "320", "480", "256", "384"):
+    for leaked in ("leak", "160, 240", "128, 160", "160, 144", "(128,", "(160,"):
         assert leaked not in text, leaked
     for p in result["parts"]:
         for t in p["trials"]:

@@ -41,7 +41,7 @@ HAS_SANDBOX = probe_host().missing(("bwrap", "userns", "landlock", "seccomp")) =
 needs_sandbox = pytest.mark.skipif(not HAS_SANDBOX, reason="the sandbox's layers are not available on this host")
 
 RNG = np.random.default_rng(3)
-X = RNG.standard_normal((256, 384))  # vjp's large trials are of this size
+X = RNG.standard_normal((256, 384))  # larger than vjp's large trials (128 x 160)
 W = RNG.standard_normal((384, 320))
 
 

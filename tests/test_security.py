@@ -470,7 +470,7 @@ def test_hidden_trial_inputs_never_reach_a_student(app, client, session):
     assert first["score"] == 4.0, first["messages"]  # relu and two of affine's outputs pass
     grade_now(session, sub.id)
     values, shapes = hidden_secrets(spec, sub.seed)
-    assert values and "(320, 480)" in shapes  # the large hidden trial at least
+    assert values and "(160, 240)" in shapes  # the large hidden trial at least
 
     token = token_for(session, EMAILS["a"])
     body = client.get(f"{API}/submissions/{sub.id}", headers=bearer(token)).get_json()

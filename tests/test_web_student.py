@@ -581,7 +581,7 @@ def affine_backward(dout, x, W, b):
     assert len(checked) >= 8
     for h in checked:
         assert h not in body  # ...what hidden trials print or raise is not
-    assert "(256, 384)" not in body and "(320, 480)" not in body  # the large hidden inputs
+    assert "(128, 160)" not in body and "(160, 240)" not in body  # the large hidden inputs
     assert "raised ValueError on this hidden trial (details of hidden trials are not shown)" in body
     assert "[output printed during hidden trials is not shown]" in body
 

@@ -22,11 +22,11 @@ if TYPE_CHECKING:  # the model imports the program module, which takes its caps 
     from grader.spec.model import AssignmentSpec, Case, FunctionSpec, InputSpec, Limits, Range, Trials
 
 # One input array of one trial: 4 M float64 = 32 MB. The largest built-in array is vjp's
-# "a Jacobian would not fit in memory" trial, S = [320, 480] (153,600 elements), 26x below;
+# "a Jacobian would not fit in memory" trial of relu, S = [160, 240] (38,400 elements), 100x below;
 # an instructor can still write a trial whose Jacobian is hundreds of GB.
 MAX_ARRAY_ELEMENTS = 4_000_000
 # All declared inputs of one trial (upstream gradients, shaped like forward values, come
-# on top). vjp's largest trial (x, W, b at N=256, D=384, M=320) has 221,504.
+# on top). vjp's largest trial (x, W, b at N=128, D=160, M=144) has 43,664.
 MAX_TRIAL_ELEMENTS = 8_000_000
 # All trials of one grading of one function: 128 MB of inputs, and the self-test holds
 # three gradings' trials (inputs and expected answers) at once in the web process.
