@@ -255,7 +255,9 @@ def build_graph(fn: Function) -> ForwardGraph:
             deps.setdefault(edge.target, []).append(edge.source)
             uses.setdefault(edge.source, []).append(edge.target)
     layers: dict[str, int] = {}
-    for name in order:
+    # In the order of `index`, where every forward edge points ahead: an input the program
+    # gives a new value later is in `order` twice, and only its last place is its own.
+    for name in sorted(index, key=index.__getitem__):
         layers[name] = 0 if name not in definitions else 1 + max((layers[d] for d in deps.get(name, [])), default=0)
     for name in order:
         if name not in definitions:  # an input sits just before its first use: shorter arrows
@@ -680,6 +682,6 @@ def node_states(stored: Any) -> dict[str, str]:
         if not isinstance(link, dict):
             continue
         target, state = link.get("target"), link.get("state")
-        if isinstance(target, str) and state in rank and rank[state] >= rank.get(states.get(target, "right"), 0):
+        if isinstance(target, str) and isinstance(state, str) and state in rank and rank[state] >= rank.get(states.get(target, "right"), 0):
             states[target] = state
     return states

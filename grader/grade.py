@@ -326,8 +326,10 @@ def _grade_function(
                 if mistake.name in explained:
                     lines.append(f"  Recognised mistake: {mistake.name} (the same as for {explained[mistake.name]} above).")
                     continue
-                explained[mistake.name] = o["name"]
-                lines.append("  Recognised mistake: " + _mistake_text(mistake, o, trials))
+                text = _mistake_text(mistake, o, trials)
+                if mistake.message in text:  # a name alone (hidden trials) explains nothing to point back to
+                    explained[mistake.name] = o["name"]
+                lines.append("  Recognised mistake: " + text)
         chain = _chain_report(fn, outputs, trial_entries)
         if chain is not None:
             lines.append(chain.feedback_line)

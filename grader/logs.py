@@ -12,11 +12,15 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from typing import Any, Optional, TextIO
 
 LOG_FORMATS = ("json", "text")
+# Characters that end a line or drive a terminal. In the text format a message or value
+# holding them (a URL path can) would forge a line of its own; they are written escaped.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 _service = "grader"
 _handler: Optional[logging.Handler] = None
@@ -72,7 +76,7 @@ class TextFormatter(logging.Formatter):
         head = f"{_timestamp(record.created)} {record.levelname}"
         event = getattr(record, "event", None)
         if event is None:
-            text = f"{head} {record.name}: {record.getMessage()}"
+            text = f"{head} {record.name}: {_escaped(record.getMessage())}"
         else:
             pairs = " ".join(f"{k}={_text_value(v)}" for k, v in _fields(record).items())
             text = f"{head} {event} {pairs}".rstrip()
@@ -83,7 +87,11 @@ class TextFormatter(logging.Formatter):
 
 def _text_value(value: Any) -> str:
     shown = str(value)
-    return json.dumps(shown) if (not shown or any(c in shown for c in ' "=\n')) else shown
+    return json.dumps(shown) if (not shown or any(c in shown for c in ' "=') or _CONTROL.search(shown)) else shown
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: json.dumps(m.group(0))[1:-1], text)
 
 
 def formatter_for(log_format: str) -> logging.Formatter:

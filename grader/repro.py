@@ -62,12 +62,13 @@ def failing_visible(result: Optional[dict[str, Any]]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     if not isinstance(result, dict) or result.get("status") != "graded":
         return found
-    for part in result.get("parts") or []:
+    parts = result.get("parts")
+    for part in parts if isinstance(parts, list) else []:
         if not isinstance(part, dict) or not isinstance(part.get("function"), str):
             continue
         indices = [
             t["index"]
-            for t in part.get("trials") or []
+            for t in (part["trials"] if isinstance(part.get("trials"), list) else [])
             if isinstance(t, dict)
             and t.get("hidden") is False
             and t.get("status") not in (None, "passed")
@@ -179,6 +180,7 @@ def trial_arrays(fn: Function, trial: Trial, shape: Layout) -> dict[str, np.ndar
     """The arrays of one trial's .npz: arguments under their names, expected outputs under
     `expected__<name>`, lists as `<name>__0`, `<name>__1`, ..., numbers as 0-d arrays."""
     arrays: dict[str, np.ndarray] = {}
+    lists: dict[str, int] = {}  # key -> items
 
     def store(key: str, array: np.ndarray) -> None:
         if key in arrays:
@@ -187,6 +189,7 @@ def trial_arrays(fn: Function, trial: Trial, shape: Layout) -> dict[str, np.ndar
 
     def put(key: str, value: Any) -> None:
         if isinstance(value, list):
+            lists[key] = len(value)
             for i, item in enumerate(value):
                 store(f"{key}{LIST_SEPARATOR}{i}", np.asarray(item))
         elif isinstance(value, (int, np.integer)):
@@ -200,6 +203,11 @@ def trial_arrays(fn: Function, trial: Trial, shape: Layout) -> dict[str, np.ndar
         put(name, value)
     for out, expected in zip(shape.outputs, trial.expected):
         put(out["key"], expected)
+    for key, count in lists.items():
+        # The script reads a list while <key>__<i> exists: another value stored as the next
+        # item would be read as one more.
+        if f"{key}{LIST_SEPARATOR}{count}" in arrays:
+            raise ReproError(f"{fn.name}: {key}{LIST_SEPARATOR}{count} would be read back as one more item of {key}; rename it")
     for key, array in arrays.items():
         if array.dtype.kind not in "iuf":
             raise ReproError(f"{fn.name}: {key} has dtype {array.dtype}, which cannot be loaded without pickle")

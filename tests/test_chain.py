@@ -342,8 +342,10 @@ def test_a_graph_of_200_assignments_is_not_drawn() -> None:
     ET.fromstring(svg)
 
 
-def test_a_long_chain_of_ungraded_steps_neither_recurses_too_deep_nor_prints_them_all() -> None:
-    steps = 1500  # more than Python's recursion limit
+def test_a_long_chain_of_ungraded_steps_is_not_printed_in_full() -> None:
+    # Specs are capped at 2,000 syntax nodes (grader/spec/limits.py), so a chain can no
+    # longer outgrow Python's recursion limit; the longest one a spec may hold still works.
+    steps = 200
     lines = ["v0 = x * W", *[f"v{i} = tanh(v{i - 1})" for i in range(1, steps)]]
     fn = _custom("\n".join(lines) + f"\nJ = sum_sq(v{steps - 1})\n", ["v0", "x"])
     chain = build_chain(fn)

@@ -385,10 +385,10 @@ def _public_result(result: Optional[dict[str, Any]], staff: bool) -> Optional[di
     if not staff:
         result = {k: v for k, v in result.items() if k not in STAFF_ONLY_KEYS}
     parts = []
-    for part in result.get("parts", []):
+    for part in result.get("parts") or []:
         trials = [
             {k: v for k, v in trial.items() if k in HIDDEN_TRIAL_KEYS} if trial.get("hidden") else trial
-            for trial in part.get("trials", [])
+            for trial in part.get("trials") or []
         ]
         parts.append({**part, "trials": trials} if "trials" in part else part)
     return {**result, "parts": parts} if "parts" in result else result

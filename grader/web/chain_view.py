@@ -21,7 +21,8 @@ def chain_graphs(version: Optional[AssignmentVersion], result: Optional[dict[str
     """Function name -> its forward graph as inline SVG, for each part of `result` with a
     chain. Empty when the stored result was graded against another spec version than the
     one at hand (a regrade in flight): a graph of the wrong spec would mislead."""
-    parts = [p for p in (result or {}).get("parts") or [] if isinstance(p, dict) and isinstance(p.get("chain"), dict)]
+    stored = (result or {}).get("parts")
+    parts = [p for p in stored if isinstance(p, dict) and isinstance(p.get("chain"), dict)] if isinstance(stored, list) else []
     if version is None or not parts:
         return {}
     try:

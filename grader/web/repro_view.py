@@ -52,8 +52,8 @@ def offer(sub: Submission) -> Optional[Offer]:
     shapes = {
         (part["function"], t["index"]): t.get("shapes")
         for part in result.get("parts") or []
-        if isinstance(part, dict) and part.get("function") in trials
-        for t in part.get("trials") or []
+        if isinstance(part, dict) and isinstance(part.get("function"), str) and part["function"] in trials
+        for t in (part["trials"] if isinstance(part.get("trials"), list) else [])
         if isinstance(t, dict) and t.get("index") in trials[part["function"]]
     }
     known = {fn.name for fn in spec.functions}
