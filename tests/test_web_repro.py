@@ -251,3 +251,19 @@ def test_layer_lists_and_numbers_download_from_a_graded_submission(client, sessi
         )
         assert out.returncode == 1, out.stdout + out.stderr
         assert f"{len(failing)} of {len(failing)} trial(s) do not match" in out.stdout
+
+
+def test_downloads_are_rate_limited_per_account(client, session):
+    # Each download regenerates trials and compresses arrays: a script looping over them
+    # must not tie up the web processes. The budget is per account, on the page and the API.
+    from grader.web.repro_view import DOWNLOAD_RATE
+
+    sid, result = _graded(session, TRANSPOSED_VJP.read_bytes())
+    index = failing_visible(result)[0]
+    budget = int(DOWNLOAD_RATE.split()[0])
+    login(client, "student")
+    url = f"/submissions/{sid}/trials/{FN}/{index}/inputs.npz"
+    codes = [client.get(url).status_code for _ in range(budget)]
+    assert codes == [200] * budget
+    assert client.get(url).status_code == 429
+    assert client.get(f"/submissions/{sid}/trials/{FN}/repro.zip").status_code == 429

@@ -237,18 +237,21 @@ def submission(submission_id: int) -> Response:
 
 
 @bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/repro.zip")
+@limiter.shared_limit(repro_view.DOWNLOAD_RATE, scope="downloads", key_func=_rate_key)
 def trial_repro(submission_id: int, function: str, index: int) -> Response:
     sub, _role = access.submission_for(submission_id, _require_user())
     return _attachment(*repro_view.trial_zip(sub, function, index))
 
 
 @bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/inputs.npz")
+@limiter.shared_limit(repro_view.DOWNLOAD_RATE, scope="downloads", key_func=_rate_key)
 def trial_inputs(submission_id: int, function: str, index: int) -> Response:
     sub, _role = access.submission_for(submission_id, _require_user())
     return _attachment(*repro_view.trial_npz(sub, function, index))
 
 
 @bp.get("/submissions/<int:submission_id>/trials/<function>/repro.zip")
+@limiter.shared_limit(repro_view.DOWNLOAD_RATE, scope="downloads", key_func=_rate_key)
 def trials_repro(submission_id: int, function: str) -> Response:
     sub, _role = access.submission_for(submission_id, _require_user())
     return _attachment(*repro_view.function_zip(sub, function))

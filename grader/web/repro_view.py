@@ -23,6 +23,11 @@ from grader.trials import Trial
 
 log = logging.getLogger(__name__)
 
+# Each download regenerates trials and compresses arrays (up to repro.MAX_DOWNLOAD_BYTES for a
+# large custom spec): a generous budget for a student working through failures, per
+# account, so a script cannot tie up the web processes.
+DOWNLOAD_RATE = "60 per minute"
+
 
 @dataclass(frozen=True)
 class Offer:

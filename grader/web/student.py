@@ -506,6 +506,7 @@ def download(submission_id: int) -> Any:
 
 @bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/repro.zip")
 @login_required
+@limiter.shared_limit(repro_view.DOWNLOAD_RATE, scope="downloads", key_func=_per_user)
 def trial_repro(submission_id: int, function: str, index: int) -> Any:
     sub, _role = submission_for(submission_id)
     return _download(*repro_view.trial_zip(sub, function, index))
@@ -513,6 +514,7 @@ def trial_repro(submission_id: int, function: str, index: int) -> Any:
 
 @bp.get("/submissions/<int:submission_id>/trials/<function>/<int:index>/inputs.npz")
 @login_required
+@limiter.shared_limit(repro_view.DOWNLOAD_RATE, scope="downloads", key_func=_per_user)
 def trial_inputs(submission_id: int, function: str, index: int) -> Any:
     sub, _role = submission_for(submission_id)
     return _download(*repro_view.trial_npz(sub, function, index))
@@ -520,6 +522,7 @@ def trial_inputs(submission_id: int, function: str, index: int) -> Any:
 
 @bp.get("/submissions/<int:submission_id>/trials/<function>/repro.zip")
 @login_required
+@limiter.shared_limit(repro_view.DOWNLOAD_RATE, scope="downloads", key_func=_per_user)
 def trials_repro(submission_id: int, function: str) -> Any:
     sub, _role = submission_for(submission_id)
     return _download(*repro_view.function_zip(sub, function))
