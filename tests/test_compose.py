@@ -516,3 +516,126 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# --- worker hosts (docker-compose.worker.yml) and the main host's publishing override ------
+
+WORKER_COMPOSE = ROOT / "docker-compose.worker.yml"
+PUBLISH_COMPOSE = ROOT / "docker-compose.publish.yml"
+# A worker host's .env: the main host's services at its private address.
+WORKER_DOTENV = {
+    "SECRET_KEY": "w" * 48,
+    "DATABASE_URL": "postgresql://grader:0123456789abcdef0123456789abcdef@10.20.0.1:5432/grader",
+    "BROKER_URL": "redis://:fedcba9876543210fedcba9876543210@10.20.0.1:6379/0",
+}
+# What the main host's .env adds for docker-compose.publish.yml.
+PUBLISH_DOTENV = {**DOTENV, "GRADER_PRIVATE_ADDR": "10.20.0.1", "REDIS_PASSWORD": "fedcba9876543210fedcba9876543210"}
+
+
+def worker_host(env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    return interpolate(yaml.safe_load(WORKER_COMPOSE.read_text()), WORKER_DOTENV if env is None else env)
+
+
+def merge_override(base: Any, override: Any, key: str = "") -> Any:
+    """Compose's merge of a second -f file: mappings key by key, ports appended, any other
+    value (command, healthcheck test) replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            merged[k] = merge_override(base[k], v, k) if k in base else v
+        return merged
+    if key == "ports" and isinstance(base, list) and isinstance(override, list):
+        return base + [p for p in override if p not in base]
+    return override
+
+
+def published(env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    env = PUBLISH_DOTENV if env is None else env
+    return merge_override(compose(env), interpolate(yaml.safe_load(PUBLISH_COMPOSE.read_text()), env))
+
+
+def test_a_worker_host_runs_only_workers_with_the_main_hosts_image_and_confinement() -> None:
+    services = worker_host()["services"]
+    assert set(services) == {"worker"}
+    worker, main = services["worker"], compose()["services"]["worker"]
+    assert resolve_grader_command(argv(worker)[1:]).name == "worker"
+    assert argv(worker)[:2] == ["grader", "worker"]
+    assert "--beat" not in argv(worker), "exactly one sweeper runs, on the main host"
+    for key in ("build", "image", "init", "restart", "security_opt", "stop_grace_period"):
+        assert worker[key] == main[key], key
+    # Scalable: nothing that two replicas on one host would fight over.
+    assert "container_name" not in worker and not worker.get("ports")
+    assert not worker.get("depends_on"), "the services it needs run on another host"
+    assert service_env(worker)["GRADER_SANDBOX_REQUIRE"] == service_env(main)["GRADER_SANDBOX_REQUIRE"]
+
+
+def test_a_worker_hosts_environment_is_read_by_the_app_and_complete(tmp_path: Path) -> None:
+    env = service_env(worker_host()["services"]["worker"])
+    assert set(env) <= config_env_names() | sandbox_env_names(), sorted(set(env) - config_env_names() - sandbox_env_names())
+    settings = Settings.from_env(environ=env, instance_path=tmp_path)
+    assert settings.production
+    assert settings.database_url == WORKER_DOTENV["DATABASE_URL"]
+    assert settings.broker_url == WORKER_DOTENV["BROKER_URL"]
+    assert settings.queue == Settings.from_env(environ=service_env(compose()["services"]["worker"])).queue
+    for missing in WORKER_DOTENV:
+        with pytest.raises(MissingVariable, match=missing):
+            worker_host({k: v for k, v in WORKER_DOTENV.items() if k != missing})
+    assert WORKER_DOTENV["SECRET_KEY"] not in WORKER_COMPOSE.read_text()
+
+
+def test_publishing_for_worker_hosts_uses_the_private_address_and_redis_password() -> None:
+    services = published()["services"]
+    address, password = PUBLISH_DOTENV["GRADER_PRIVATE_ADDR"], PUBLISH_DOTENV["REDIS_PASSWORD"]
+    ports = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert ports == {"web": ["127.0.0.1:8000:8000"], "db": [f"{address}:5432:5432"], "redis": [f"{address}:6379:6379"]}
+    redis_cmd = argv(services["redis"])
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == password
+    # The main file's durability flags survive the replaced command.
+    main_redis = argv(compose()["services"]["redis"])
+    for flag in ("--appendonly", "--maxmemory-policy"):
+        assert redis_cmd[redis_cmd.index(flag) + 1] == main_redis[main_redis.index(flag) + 1], flag
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password  # the healthcheck authenticates
+    assert services["redis"]["healthcheck"] == compose()["services"]["redis"]["healthcheck"]
+    # Dead connections of a vanished host are found and dropped (the server's defaults wait hours).
+    db_cmd = argv(services["db"])
+    assert db_cmd[0] == "postgres" and db_cmd[0] in IMAGE_EXECUTABLES
+    db_settings = dict(db_cmd[i + 1].split("=", 1) for i, word in enumerate(db_cmd) if word == "-c")
+    assert int(db_settings["tcp_keepalives_idle"]) <= 300
+    assert duration_seconds(db_settings["idle_in_transaction_session_timeout"]) <= 300
+    for name in APP_SERVICES:
+        env = service_env(services[name])
+        for key in ("REDIS_URL", "RATELIMIT_STORAGE_URI"):
+            assert env[key].startswith(f"redis://:{password}@redis:6379/"), (name, key)
+        assert env["SECRET_KEY"] == DOTENV["SECRET_KEY"], "the override must not drop the rest"
+        Settings.from_env(environ=env)
+    for missing in ("GRADER_PRIVATE_ADDR", "REDIS_PASSWORD"):
+        with pytest.raises(MissingVariable, match=missing):
+            published({k: v for k, v in PUBLISH_DOTENV.items() if k != missing})
+
+
+def test_a_worker_hosts_urls_match_what_the_main_host_publishes() -> None:
+    # The README's recipe end to end: the worker host's URLs reach the published ports with
+    # the main host's credentials.
+    from urllib.parse import urlsplit
+
+    services = published()["services"]
+    db_url, broker_url = urlsplit(WORKER_DOTENV["DATABASE_URL"]), urlsplit(WORKER_DOTENV["BROKER_URL"])
+    assert f"{db_url.hostname}:{db_url.port}:5432" in services["db"]["ports"]
+    assert f"{broker_url.hostname}:{broker_url.port}:6379" in services["redis"]["ports"]
+    assert db_url.password == services["db"]["environment"]["POSTGRES_PASSWORD"]
+    assert db_url.username == services["db"]["environment"]["POSTGRES_USER"]
+    assert broker_url.password == PUBLISH_DOTENV["REDIS_PASSWORD"]
+
+
+@pytest.mark.skipif(compose_client() is None, reason="no Docker Compose client installed")
+def test_docker_compose_config_accepts_the_worker_host_and_publish_files(tmp_path: Path) -> None:
+    client = compose_client()
+    assert client
+    for files, env in (([WORKER_COMPOSE], WORKER_DOTENV), ([COMPOSE, PUBLISH_COMPOSE], PUBLISH_DOTENV)):
+        (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        args = [a for f in files for a in ("-f", str(f))]
+        proc = subprocess.run(
+            [*client, "--project-directory", str(tmp_path), *args, "config", "--quiet"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
