@@ -9,6 +9,7 @@ address (urllib would forward it, so redirects are refused)."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import sys
@@ -30,6 +31,9 @@ DEFAULT_WAIT = 600.0
 # Polling starts fast (a submission typically grades in a second or two) and backs off.
 POLL_FIRST, POLL_MAX = 0.5, 5.0
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# What `--download` fetches: a function's zip of failing visible trials, nothing else.
+DOWNLOAD_PATH = re.compile(r"/api/v1/submissions/[0-9]{1,18}/trials/[A-Za-z_][A-Za-z0-9_]{0,99}/repro\.zip")
+MAX_DOWNLOAD_BYTES = 256 << 20
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -100,9 +104,19 @@ class ApiClient:
     def submission(self, submission_id: int) -> dict[str, Any]:
         return self.request("GET", self.submission_url(submission_id))
 
+    def download(self, link: str) -> bytes:
+        """The bytes of a download the API named. Only the API part of its path is used,
+        under --url: behind a proxy the server may name another address, and the token
+        goes to --url alone."""
+        path = urlsplit(link).path
+        path = path[path.find(API_PREFIX + "/submissions/") :] if API_PREFIX + "/submissions/" in path else path
+        if not DOWNLOAD_PATH.fullmatch(path):
+            raise ClientFailure(f"the service named an unexpected download {link[:80]!r}", EXIT_API)
+        return self.request("GET", self.base + path, raw=True)  # type: ignore[no-any-return]
+
     def request(
-        self, method: str, url: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None
-    ) -> dict[str, Any]:
+        self, method: str, url: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None, raw: bool = False
+    ) -> Any:
         req = urllib.request.Request(url, data=body, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
         req.add_header("Accept", "application/json")
@@ -112,7 +126,10 @@ class ApiClient:
         opener = urllib.request.build_opener(_NoRedirects)
         try:
             with opener.open(req, timeout=self.timeout) as response:
-                return _json_body(response.status, response.read(), url)
+                data = response.read(MAX_DOWNLOAD_BYTES + 1) if raw else response.read()
+                if raw and len(data) > MAX_DOWNLOAD_BYTES:
+                    raise ClientFailure(f"{url} is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB; not saved", EXIT_API)
+                return data if raw else _json_body(response.status, data, url)
         except urllib.error.HTTPError as exc:
             with exc:
                 raw = exc.read()
@@ -237,6 +254,10 @@ def describe_outcome(info: dict[str, Any]) -> str:
 @click.option("--wait", is_flag=True, help="Wait for the grade and print it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer instead of text.")
 @click.option(
+    "--download", "download_to", type=click.Path(file_okay=False, path_type=Path),
+    help="With --wait: save each function's failing visible trials (inputs and a script to rerun them) in this folder.",
+)
+@click.option(
     "--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
     help="Seconds to wait for each answer from the service.",
 )
@@ -252,6 +273,7 @@ def submit(
     token: Optional[str],
     wait: bool,
     as_json: bool,
+    download_to: Optional[Path],
     timeout: float,
     wait_timeout: float,
 ) -> None:
@@ -265,7 +287,9 @@ def submit(
     submission or could not grade it, 2 a usage or connection problem (also when --wait
     gives up before the grade is ready), 130 interrupted."""
     try:
-        _submit(assignment, file, course, url, token, wait, as_json, timeout, wait_timeout)
+        if download_to is not None and not wait:
+            raise ClientFailure("--download needs --wait: the trials exist only once the submission is graded", EXIT_USAGE)
+        _submit(assignment, file, course, url, token, wait, as_json, timeout, wait_timeout, download_to)
     except ClientFailure as exc:
         _die(exc.message, exc.code)
 
@@ -280,6 +304,7 @@ def _submit(
     as_json: bool,
     timeout: float,
     wait_timeout: float,
+    download_to: Optional[Path] = None,
 ) -> None:
     try:
         data = file.read_bytes()
@@ -315,8 +340,35 @@ def _submit(
     else:
         if info.get("status") == "graded":
             click.echo(describe_outcome(info), nl=False)
+    if download_to is not None and info.get("status") == "graded":
+        save_downloads(api, info, download_to)
     if info.get("status") != "graded":
         raise ClientFailure(f"submission {submission_id} could not be graded: {info.get('error') or 'no reason given'}", EXIT_API)
+
+
+def save_downloads(api: ApiClient, info: dict[str, Any], folder: Path) -> list[Path]:
+    """Save each function's zip of failing visible trials in `folder`; says what it saved."""
+    downloads = info.get("downloads")
+    if not isinstance(downloads, dict) or not downloads:
+        click.echo("No failing visible trials to download.", err=True)
+        return []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClientFailure(f"cannot create {folder}: {exc.strerror or exc}", EXIT_USAGE) from None
+    saved = []
+    for function, links in sorted(downloads.items()):
+        link = links.get("all") if isinstance(links, dict) else None
+        if not isinstance(link, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", str(function)):
+            raise ClientFailure(f"the service's downloads for {str(function)[:40]!r} are malformed", EXIT_API)
+        target = folder / f"{info.get('id')}-{function}-failing-trials.zip"
+        try:
+            target.write_bytes(api.download(link))
+        except OSError as exc:
+            raise ClientFailure(f"cannot write {target}: {exc.strerror or exc}", EXIT_USAGE) from None
+        click.echo(f"Saved {target}: unzip it and run the script inside next to your file.", err=True)
+        saved.append(target)
+    return saved
 
 
 def _die(message: str, code: int) -> NoReturn:

@@ -776,3 +776,34 @@ def test_client_urls_and_warnings():
     body, content_type = encode_multipart({"assignment": "vjp"}, "file", 'we"ird\r\nname.py', b"x = 1\n")
     assert content_type.startswith("multipart/form-data; boundary=grader-")
     assert b'filename="we%22irdname.py"' in body and b"\r\nx = 1\n\r\n" in body
+
+
+def test_cli_downloads_the_failing_visible_trials(served, session, tmp_path):
+    import zipfile
+
+    url, token, worker = served
+    folder = tmp_path / "trials"
+    result = run_cli("vjp", str(WRONG_VJP), "--wait", "--download", str(folder), env={"GRADER_URL": url, "GRADER_TOKEN": token})
+    assert result.exit_code == 0, result.output
+    saved = sorted(folder.iterdir())
+    assert [p.name.split("-", 1)[1] for p in saved] == ["affine_backward-failing-trials.zip", "matmul_backward-failing-trials.zip"]
+    with zipfile.ZipFile(saved[0]) as archive:
+        names = archive.namelist()
+    assert any(n.endswith(".npz") for n in names) and any(n.endswith(".py") for n in names)
+    assert f"Saved {saved[0]}" in result.output and token not in result.output
+    # Without --wait there is nothing to download yet: said at once, nothing submitted.
+    early = run_cli("vjp", str(WRONG_VJP), "--download", str(folder), env={"GRADER_URL": url, "GRADER_TOKEN": token})
+    assert early.exit_code == 2 and "--download needs --wait" in early.output
+
+
+def test_client_downloads_only_api_paths_under_its_own_address(monkeypatch):
+    from grader.client import ApiClient, ClientFailure
+
+    api = ApiClient.for_url("https://grader.example.edu/course-tools", "bpg_t")
+    seen = []
+    monkeypatch.setattr(ApiClient, "request", lambda self, method, url, **kw: seen.append(url) or b"zip")
+    assert api.download("https://elsewhere.example/course-tools/api/v1/submissions/7/trials/relu_backward/repro.zip") == b"zip"
+    assert seen == ["https://grader.example.edu/course-tools/api/v1/submissions/7/trials/relu_backward/repro.zip"]
+    for bad in ("https://x/api/v1/me", "https://x/api/v1/submissions/7/trials/../../me/repro.zip", "/etc/passwd"):
+        with pytest.raises(ClientFailure):
+            api.download(bad)
