@@ -13,8 +13,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -38,8 +36,17 @@ from grader.up import start_redis
 from grader.web.queue import CeleryEnqueuer
 from service_fixtures import REDIS_URL, csrf_token, login
 from service_fixtures import test_settings as settings_for  # (not collected as a test)
+from service_procs import (  # noqa: F401 - procs is a fixture
+    FAST_RECOVERY,
+    TIMEOUT,
+    Proc,
+    alive,
+    grading_process,
+    procs,
+    service_env,
+    start_worker,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = Path(__file__).parent / "submissions"
 VJP_RIGHT = (SUBMISSIONS / "vjp" / "correct_plain.py").read_bytes()
 VJP_WRONG = (SUBMISSIONS / "vjp" / "wrong_transposed_dW.py").read_bytes()
@@ -54,137 +61,6 @@ assert VJP_SLOW != VJP_RIGHT
 
 # kombu's SQLAlchemy transport (the serverless broker) uses a loader SQLAlchemy 2.1 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
-
-# Short timings for the fault tests: a lease of 10 s (Celery limits 8 s / 9 s), sweeps every
-# second, a queued row re-sent after 2 s without a worker.
-FAST_RECOVERY = {"GRADER_LEASE_SECONDS": "10", "GRADER_SWEEP_SECONDS": "1", "GRADER_STUCK_SECONDS": "2"}
-TIMEOUT = 60.0
-
-
-# --- processes -----------------------------------------------------------------------------
-
-
-def service_env(**values: str) -> dict[str, str]:
-    """The test process's environment without any service configuration, plus `values`
-    (the sandbox settings pass through, so CI's GRADER_SANDBOX_REQUIRE applies)."""
-    drop = {"DATABASE_URL", "BROKER_URL", "REDIS_URL", "SECRET_KEY", "GRADER_ENV", "GRADER_QUEUE", "GRADER_INSTANCE", *FAST_RECOVERY}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(values)
-    return env
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return service_env(
-        GRADER_ENV="testing",
-        DATABASE_URL=settings.database_url,
-        BROKER_URL=settings.broker_url,
-        GRADER_QUEUE=settings.queue,
-        GRADER_INSTANCE=str(settings.instance_path),
-        **extra,
-    )
-
-
-class Proc:
-    """A service process started in its own session, its output in a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "grader.cli", *args],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.text())
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.log_path.name} exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
-            time.sleep(0.1)
-        pytest.fail(f"no {pattern!r} in {self.log_path.name} after {timeout:g} s:\n{self.text()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: the main process, its pool and beat."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        code = self.proc.poll()
-        self.kill()
-        self._log.close()
-        return code
-
-
-def start_worker(settings: Settings, log: Path, beat: bool = False, **extra: str) -> Proc:
-    args = ["worker", "--concurrency=1"] + (["--beat"] if beat else [])
-    return Proc(args, worker_env(settings, **extra), log)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Every process a test starts is stopped at its end, whatever happened."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=5)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state != "Z"
-
-
-def grading_process(worker: Proc) -> int:
-    """The pool process of `worker` that is grading now: the parent of a sandbox zygote."""
-    for child in children(worker.pid):
-        if any("bwrap" in cmdline(grandchild) or "sh -c" in cmdline(grandchild) for grandchild in children(child)):
-            return child
-    pytest.fail(f"no pool process of worker {worker.pid} runs a sandbox")
 
 
 # --- the database side ---------------------------------------------------------------------
@@ -323,7 +199,7 @@ def test_submissions_from_the_store_the_api_and_the_web_form_get_graded(pg_url, 
 
     shown = client.get(f"/api/v1/submissions/{ids[2]}", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert (shown["status"], shown["score"]) == ("graded", rows[ids[2]].score)
-    assert f"submission={ids[0]} event=graded" in worker.text()  # one structured line per state change
+    assert f"submission.graded submission_id={ids[0]} " in worker.text()  # one structured line per state change
     app.extensions["grader.engine"].dispose()
 
 
@@ -498,7 +374,7 @@ def test_a_worker_killed_while_grading_a_batch_loses_nothing_and_grades_nothing_
     rows = wait_done(sessions, ids, first, second)
     assert_graded_once(sessions, rows)
     assert rows[ids[0]].attempts == 2 and rows[ids[0]].score == 8.0
-    assert f"submission={ids[0]} event=re-enqueued" in second.text()
+    assert f"submission.requeued submission_id={ids[0]} " in second.text()
 
 
 @pytest.mark.slow

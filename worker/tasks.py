@@ -3,7 +3,8 @@
 The task is a thin shell around the grading core. It claims the submission's row with a
 lease (so a redelivered message never grades twice), runs `grade_bytes` in the sandbox,
 and writes the result only while it still holds the lease. Everything that can go wrong
-ends in one of four states, each logged as one structured line by grader.store.submissions:
+ends in one of four states, each logged as one structured line by grader.store.submissions
+(`submission.graded`, `.error`, `.failed`/`.released`, `.skipped`; see the README):
 
 - graded: the submission ran; whatever it did (crash, loop, garbage) is a graded outcome;
 - error: grading cannot happen (a broken spec, or a submission that ended every one of
@@ -18,14 +19,18 @@ Celery; `register(app)` wraps them as the Celery tasks the web app sends by name
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from typing import Callable, Iterable, Optional
+import time
+import traceback
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from grader.config import Settings
@@ -37,16 +42,8 @@ from grader.spec import SpecError
 from grader.store import catalog
 from grader.store.db import make_engine, make_sessionmaker
 from grader.store.models import Submission
-from grader.store.submissions import (
-    LEASE_SECONDS,
-    MAX_ATTEMPTS,
-    claim,
-    fail,
-    finish,
-    log_event,
-    release,
-    stuck,
-)
+from grader.store import submissions as store
+from grader.store.submissions import LEASE_SECONDS, MAX_ATTEMPTS, log_event, stuck
 from grader.web.queue import GRADE_TASK, SWEEP_TASK
 from worker.app import SOFT_FRACTION, make_celery
 
@@ -83,6 +80,13 @@ def dispose_engines(close: bool = True) -> None:
         _engines.clear()
 
 
+@signals.setup_logging.connect(weak=False)
+def _keep_our_logging(**_kwargs: object) -> None:
+    # `grader worker` has configured logging (grader.logs) before Celery starts; a receiver
+    # here tells Celery to add no handlers of its own, so every line has one format.
+    pass
+
+
 @signals.worker_process_init.connect(weak=False)
 def _after_fork(**_kwargs: object) -> None:
     dispose_engines(close=False)
@@ -91,6 +95,50 @@ def _after_fork(**_kwargs: object) -> None:
 @signals.worker_process_shutdown.connect(weak=False)
 def _on_exit(**_kwargs: object) -> None:
     dispose_engines()
+
+
+# --- the row's state changes, through a database restart ---------------------------------
+# A database restart or failover takes seconds. Without waiting for it, a claim that fails
+# drops its message (the row waits for the sweeper, GRADER_STUCK_SECONDS), and a result that
+# cannot be written leaves the row `running` until its lease ends (GRADER_LEASE_SECONDS),
+# when it is graded again from scratch. Each step is one conditional UPDATE that commits, so
+# trying it again is safe: a claim or a result that did commit before the connection broke
+# matches nothing the second time (the claim is then skipped and the sweeper re-sends the row
+# after its lease; the result is already there, graded once).
+
+DATABASE_WAIT_SECONDS = 30.0
+_DATABASE_DOWN = (OperationalError, InterfaceError)
+_T = TypeVar("_T")
+
+
+def _waits_for_the_database(step: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(step)
+    def retried(session: Session, *args: Any, **kwargs: Any) -> _T:
+        deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+        pause = 0.25
+        while True:
+            try:
+                return step(session, *args, **kwargs)
+            except _DATABASE_DOWN as exc:
+                try:
+                    session.rollback()
+                except _DATABASE_DOWN:
+                    pass
+                if time.monotonic() + pause > deadline:
+                    raise
+                # The class only: the driver's text quotes the SQL's parameters (results).
+                log.warning("the database is unreachable (%s) in %s; trying again in %.2g s",
+                            type(exc.orig or exc).__name__, step.__name__, pause)
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+    return retried
+
+
+claim = _waits_for_the_database(store.claim)
+finish = _waits_for_the_database(store.finish)
+fail = _waits_for_the_database(store.fail)
+release = _waits_for_the_database(store.release)
 
 
 # --- grading ------------------------------------------------------------------------------
@@ -106,7 +154,7 @@ def grade_submission(
     with sessions() as session:
         held = claim(session, submission_id, lease_seconds=lease_seconds)
         if held is None:
-            log_event("skipped", submission_id, reason="already-graded-or-held-by-another-worker")
+            log_event("skipped", submission_id, reason="already-graded-or-held")
             return SKIPPED
         submission = session.get(Submission, submission_id)
         if submission is None:  # deleted between the claim and now
@@ -120,6 +168,7 @@ def grade_submission(
                 f"(or timed out, or its sandbox failed) before it could write a result"
                 + (f"; the last problem seen: {last}" if last else "")
                 + ". Check the worker logs for this submission id, then regrade it.",
+                kind="attempts-exhausted",
             )
             return ERROR
         version = submission.version
@@ -127,7 +176,7 @@ def grade_submission(
         try:
             spec = catalog.loaded_spec(version)
         except SpecError as exc:
-            fail(session, held, f"the assignment's spec (version {version.number}) does not load: {exc}")
+            fail(session, held, f"the assignment's spec (version {version.number}) does not load: {exc}", kind="spec-broken")
             return ERROR
         # End the read transaction: nothing is held open in the database while grading.
         session.commit()
@@ -138,19 +187,19 @@ def grade_submission(
             result = grade_bytes(spec, source, seed=seed, runner=active)
         except GradingError as exc:
             # A spec whose trials cannot be generated: staff must fix the spec and regrade.
-            fail(session, held, f"the assignment's spec cannot grade this submission: {exc}")
+            fail(session, held, f"the assignment's spec cannot grade this submission: {exc}", kind="spec-cannot-grade")
             return ERROR
         except SandboxUnavailable as exc:
             # The host lost a sandbox layer: not the submission's fault, and not counted.
-            log.error("submission=%s event=sandbox-unavailable error=%s", submission_id, exc)
-            release(session, held, note=f"the worker's sandbox was unavailable: {exc}")
+            # The reason names a missing host layer (never student text): the operator needs it.
+            log.error("submission=%s the worker's sandbox is unavailable: %s", submission_id, exc)
+            release(session, held, note=f"the worker's sandbox was unavailable: {exc}", kind="sandbox-unavailable")
             return RELEASED
         except SandboxFailure as exc:
             # The runner broke (it retries once on a fresh zygote before giving up). Counted,
             # so a submission that manages to break the sandbox every time cannot loop forever;
             # after MAX_ATTEMPTS it ends as an error for staff, never as a score for the student.
-            log.error("submission=%s event=sandbox-failure attempt=%s error=%s", submission_id, held.attempt, exc)
-            release(session, held, count_attempt=True, note=f"the sandbox failed: {exc}")
+            release(session, held, count_attempt=True, note=f"the sandbox failed: {exc}", kind="sandbox-failure")
             return RELEASED
         except SoftTimeLimitExceeded:
             # Grading has its own budget (job_seconds); running into Celery's limit means the
@@ -163,13 +212,27 @@ def grade_submission(
                     held,
                     f"grading ran past the worker's time limit on all {MAX_ATTEMPTS} attempts "
                     f"({lease_seconds * SOFT_FRACTION:g} s each)",
+                    kind="time-limit",
                 )
                 return ERROR
-            release(session, held, count_attempt=True, note="grading ran past the worker's time limit")
+            release(session, held, count_attempt=True, note="grading ran past the worker's time limit", kind="time-limit")
             return RELEASED
         except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the row
-            log.exception("submission=%s event=grader-crashed attempt=%s", submission_id, held.attempt)
-            release(session, held, count_attempt=True, note=f"internal grader error: {type(exc).__name__}: {exc}")
+            # The exception's type and the grader's frames only: its text may quote the
+            # submission or its output, which never reach the logs (staff read the note).
+            log.error(
+                "submission=%s internal grader error %s, at:\n%s",
+                submission_id,
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            release(
+                session,
+                held,
+                count_attempt=True,
+                note=f"internal grader error: {type(exc).__name__}: {exc}",
+                kind=f"grader-crash:{type(exc).__name__}",
+            )
             return RELEASED
         return GRADED if finish(session, held, result) else LEASE_LOST
 
@@ -188,11 +251,9 @@ def sweep(sessions: sessionmaker[Session], stuck_seconds: float, send: Callable[
     """Re-enqueue submissions whose message may have been lost (queued too long, or running
     past their lease). The rows are re-stamped and committed before anything is sent."""
     with sessions() as session:
-        ids = stuck(session, stuck_seconds)
+        ids = stuck(session, stuck_seconds)  # logs `submission.requeued` for each, with why
         session.commit()
     if ids:
-        for sid in ids:
-            log_event("re-enqueued", sid, by="sweeper")
         send(ids)
     return ids
 
@@ -209,7 +270,9 @@ def register(app: Celery) -> Celery:
             try:
                 app.send_task(GRADE_TASK, args=[int(sid)], queue=settings.queue)
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.error("submission=%s event=enqueue-failed error=%r (the next sweep retries)", sid, exc)
+                log_event("enqueue_failed", int(sid), logging.ERROR, by="sweeper", error=type(exc).__name__)
+            else:
+                log_event("enqueued", int(sid), queue=settings.queue, by="sweeper")
 
     @app.task(name=GRADE_TASK, ignore_result=True)
     def grade_submission_task(submission_id: int) -> str:

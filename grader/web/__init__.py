@@ -8,11 +8,12 @@ import logging
 from typing import Any, Optional
 
 from flask import Flask, Response, abort, jsonify, render_template, request
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from grader import __version__
+from grader import __version__, logs
 from grader.config import Settings
 from grader.store.models import User
 from grader.web import database, filters
@@ -26,6 +27,8 @@ log = logging.getLogger("grader.web")
 MAX_REQUEST_BYTES = 6 << 20
 
 NUL_EXPLAINED = frozenset({"code"})
+# Retry-After (seconds) on a 503 while the database is unreachable: about one restart.
+DATABASE_RETRY_SECONDS = 30
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -45,6 +48,8 @@ class IdConverter(IntegerConverter):
 
 def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] = None) -> Flask:
     settings = settings or Settings.from_env()
+    # Under gunicorn nothing else sets up logging; `grader web` has done it already.
+    logs.configure_if_unset(settings.log_format, "web")
     app = Flask(__name__, instance_path=str(settings.instance_path))
     app.url_map.converters["int"] = IdConverter
     if settings.proxy_hops:
@@ -76,13 +81,14 @@ def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] 
     limiter.init_app(app)
     filters.init_app(app)
 
-    from grader.web import api, auth, gradebook, instructor, student
+    from grader.web import api, auth, gradebook, instructor, ops, student
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(student.bp)
     app.register_blueprint(gradebook.bp)
     app.register_blueprint(instructor.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
     csrf.exempt(api.bp)  # token-authenticated, never cookie-authenticated
 
     @app.before_request
@@ -109,6 +115,21 @@ def create_app(settings: Optional[Settings] = None, enqueue: Optional[Enqueuer] 
         if request.path.startswith("/api/"):
             return jsonify(error=exc.name, detail=_detail(exc)), exc.code or 500
         return render_template("error.html", error=exc, detail=_detail(exc)), exc.code or 500
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_unreachable(exc: DBAPIError) -> Any:
+        # The database is restarting or unreachable: the request did not complete and the
+        # client should try again, so a 503, not a 500. Only the driver error's class is
+        # logged: its text holds the SQL's parameters, which can be a student's file. The page
+        # is rendered without the context processors and stands alone: both would ask for
+        # the current user, which needs the database.
+        log.error("the database is unreachable (%s) on %s %s", type(exc.orig or exc).__name__, request.method, request.path)
+        detail = "The database is not reachable right now, so your request was not completed. Try again in a minute."
+        headers = {"Retry-After": str(DATABASE_RETRY_SECONDS)}
+        if request.path.startswith("/api/"):
+            return jsonify(error="Service Unavailable", detail=detail), 503, headers
+        return app.jinja_env.get_template("unavailable.html").render(detail=detail), 503, headers
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
