@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
+from grader.compare import SCALE_FLOOR
 from grader.spec.load import Assignment, Function
 from grader.spec.model import DictReturn, Leaf, ReturnSpec, SeqReturn
 from grader.trials import Trial, TrialError, make_trial, plan
@@ -270,6 +271,7 @@ def script(assignment: Assignment, function: str, shape: Layout, labels: dict[in
             f"LABELS = {labels!r}",
             f"RTOL, ATOL = {tol.rtol!r}, {tol.atol!r}",
             f"FLOAT32_RTOL, FLOAT32_ATOL = {tol.float32_rtol!r}, {tol.float32_atol!r}",
+            f"SCALE_FLOOR = {{False: {SCALE_FLOOR[False]!r}, True: {SCALE_FLOOR[True]!r}}}",
         ]
     )
     head = f'''"""Reproduce failing trials of `{fn.name}` ({assignment.id}, spec version {version}) on your own machine.
@@ -413,7 +415,7 @@ def check_array(expected, got):
     rtol, atol = (FLOAT32_RTOL, FLOAT32_ATOL) if float32 else (RTOL, ATOL)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     err = np.abs(values - expected)
-    allowed = atol * max(scale, 1e-6) + rtol * np.abs(expected)
+    allowed = atol * max(scale, SCALE_FLOOR[float32]) + rtol * np.abs(expected)
     wrong = err > allowed
     worst = float(np.max(err)) if err.size else 0.0
     note = " (float32: checked with the float32 tolerance)" if float32 else ""
