@@ -101,7 +101,8 @@ def test_large_vjp_trial_defeats_a_jacobian(assignments: dict[str, Assignment]) 
             else:
                 n, d, m = t.dims["N"], t.dims["D"], t.dims["M"]
                 biggest = max(biggest, (n * m) * (n * d) * 8)
-        assert biggest > 50 * memory, f"{name}: the Jacobian must not fit in the {memory >> 20} MB limit"
+        # Over 4x the limit: not even a float16 Jacobian (a quarter of float64's) fits.
+        assert biggest > 4 * memory, f"{name}: the Jacobian must not fit in the {memory >> 20} MB limit"
         assert all(t.hidden for t in large)
 
 
