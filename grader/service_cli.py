@@ -12,11 +12,13 @@ import functools
 import logging
 import os
 import sys
+import time
 from typing import Any, Callable, Optional, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("grader.service")
 
 ROLE_CHOICE = click.Choice(["student", "ta", "instructor"], case_sensitive=False)
 
@@ -75,13 +77,33 @@ def _settings() -> Any:
     return settings
 
 
-def _require_current_schema(url: str) -> None:
+# How long a starting worker waits for the database to answer. A worker restarted while
+# PostgreSQL restarts (a host reboot, a failover) would otherwise exit and crash-loop
+# under its supervisor; the fault benchmark showed exactly that.
+STARTUP_DATABASE_WAIT_SECONDS = 60.0
+
+
+def _require_current_schema(url: str, wait_seconds: float = 0.0) -> None:
+    from sqlalchemy.exc import OperationalError
+
     from grader.store import migrate
     from grader.store.db import make_engine
 
     engine = make_engine(url)
+    deadline = time.monotonic() + wait_seconds
     try:
-        current = migrate.current_revision(engine)
+        while True:
+            try:
+                current = migrate.current_revision(engine)
+                break
+            except OperationalError as exc:
+                if time.monotonic() + 1.0 > deadline:
+                    raise
+                log.warning(
+                    "the database %s does not answer yet (%s); waiting up to %.0f s more",
+                    redact(url), type(exc.orig or exc).__name__, deadline - time.monotonic(),
+                )
+                time.sleep(1.0)
     finally:
         engine.dispose()
     head = migrate.head_revision()
@@ -323,7 +345,7 @@ def worker(concurrency: Optional[int], beat: bool, loglevel: str) -> None:
         sandbox = sandbox_preflight()
     except SandboxUnavailable as exc:
         fail(str(exc))
-    _require_current_schema(settings.database_url)
+    _require_current_schema(settings.database_url, wait_seconds=STARTUP_DATABASE_WAIT_SECONDS)
     app = create_worker_app(settings)
     concurrency = concurrency or cpu_count()
     click.echo(

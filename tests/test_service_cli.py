@@ -300,3 +300,35 @@ def test_up_with_redis_demanded_but_not_installed(tmp_path, monkeypatch):
     with pytest.raises(up.UpError, match="redis-server is not installed"):
         up.choose_broker("redis", tmp_path)
     assert up.choose_broker("auto", tmp_path).url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+
+
+def test_a_starting_worker_waits_for_the_database_then_goes_on(monkeypatch):
+    # A worker restarted while PostgreSQL restarts must not crash-loop: it waits.
+    from sqlalchemy.exc import OperationalError
+
+    from grader import service_cli
+    from grader.store import migrate
+
+    answers = [OperationalError("SELECT", {}, ConnectionRefusedError()), OperationalError("SELECT", {}, ConnectionRefusedError())]
+
+    def current_revision(engine):
+        if answers:
+            raise answers.pop(0)
+        return migrate.head_revision()
+
+    slept = []
+    monkeypatch.setattr(migrate, "current_revision", current_revision)
+    monkeypatch.setattr(service_cli.time, "sleep", slept.append)
+    service_cli._require_current_schema("sqlite://", wait_seconds=30)
+    assert slept == [1.0, 1.0] and not answers
+
+
+def test_a_starting_worker_gives_up_on_a_database_that_never_answers(tmp_path, monkeypatch):
+    from grader import service_cli
+
+    monkeypatch.setattr(service_cli, "STARTUP_DATABASE_WAIT_SECONDS", 2.0)
+    url = "postgresql://grader:hunter22@127.0.0.1:1/grader"
+    result = run(["worker"], {"DATABASE_URL": url, "GRADER_INSTANCE": str(tmp_path), "BROKER_URL": REDIS_URL, "GRADER_SANDBOX": "insecure-subprocess"})
+    assert result.exit_code == 1
+    assert "cannot use the database postgresql" in result.output and "hunter22" not in result.output
+    no_traceback(result)
