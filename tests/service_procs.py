@@ -31,7 +31,11 @@ TIMEOUT = 60.0
 def service_env(**values: str) -> dict[str, str]:
     """The test process's environment without any service configuration, plus `values`
     (the sandbox settings pass through, so CI's GRADER_SANDBOX_REQUIRE applies)."""
-    drop = {"DATABASE_URL", "BROKER_URL", "REDIS_URL", "SECRET_KEY", "GRADER_ENV", "GRADER_QUEUE", "GRADER_INSTANCE", *FAST_RECOVERY}
+    # GRADER_LOG_FORMAT too: the tests read the workers' logs in the testing default (text).
+    drop = {
+        "DATABASE_URL", "BROKER_URL", "REDIS_URL", "SECRET_KEY", "GRADER_ENV", "GRADER_QUEUE", "GRADER_INSTANCE",
+        "GRADER_LOG_FORMAT", *FAST_RECOVERY,
+    }
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(values)
     return env
