@@ -544,6 +544,15 @@ def child():
     return module
 
 
+def test_a_spare_warming_up_beside_a_running_job_skips_compiling(child, monkeypatch):
+    # Compiling the sample module is the warm-up's costly step; a spare forked while a job
+    # runs (jobs back to back) leaves it out rather than take the CPU from that job.
+    monkeypatch.setattr(child, "WARM_SOURCE", "raise RuntimeError('compiled')")
+    child.warm_up(full=False)
+    with pytest.raises(RuntimeError, match="compiled"):
+        child.warm_up()
+
+
 def encoded(child, value: Any) -> tuple[str, Any]:
     """What the child's encoder writes for `value` (JSON text), and what the parent makes
     of it, through a frame as the child writes it."""

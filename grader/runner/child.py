@@ -584,12 +584,14 @@ def backward(dout, x, W, *rest, eps=1e-8, **options):
 """
 
 
-def warm_up(stop=lambda: False):
+def warm_up(stop=lambda: False, full=True):
     """Run the harness's own per-call work once on throwaway data, and compile a small
     module like a submission, so the pages this touches are copied from the zygote while
     this child is still a spare, not during a job (compiling the file costs ~0.15 ms less).
     Running more NumPy code here saved less in a job than it cost the spare. Gives up
-    between steps once `stop()` says a job is waiting: it must not delay one."""
+    between steps once `stop()` says a job is waiting: it must not delay one. Without
+    `full`, only the first three steps: they save a job about what they cost, the rest
+    (compiling above all) costs several times what it saves."""
     sample = np.arange(12.0).reshape(3, 4)
     skel = {"a": 0, "d": "<f8", "s": [3, 4]}
     view = memoryview(bytearray(sample.tobytes()))
@@ -606,7 +608,7 @@ def warm_up(stop=lambda: False):
         lambda: format_error(ValueError("warm")),
         lambda: check_signature(namespace["sigmoid"], 3),  # too many arguments: the slow path
     )
-    for step in steps:
+    for step in steps if full else steps[:3]:
         if stop():
             return
         step()

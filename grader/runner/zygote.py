@@ -115,6 +115,10 @@ class Zygote:
         # Objects the child inherits are frozen out of the garbage collector: otherwise its
         # first collection writes to every one of them, copying most of the zygote's pages.
         gc.freeze()
+        # A spare forked while a job runs (jobs back to back) would take the CPU from that
+        # job for its full warm-up, which costs more than it later saves; it does the cheap
+        # part only. Between jobs, the whole warm-up runs on an otherwise idle CPU.
+        full = not any(owner is not None for owner, _ in self.children.values())
         for fd in (job_w, result_w):
             # A whole job's arguments and results fit, so neither side stalls on the other.
             try:
@@ -125,7 +129,7 @@ class Zygote:
         if pid == 0:
             code = 70
             try:
-                code = run_child(job_r, result_w, scratch, self.config, (input_fd, output_fd))
+                code = run_child(job_r, result_w, scratch, self.config, (input_fd, output_fd), full)
             finally:
                 os._exit(code)
         os.close(job_r)
@@ -251,7 +255,7 @@ def close_all_but(keep):
                 pass
 
 
-def run_child(job_fd, result_fd, scratch, config, regions):
+def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up=True):
     os.setsid()  # its own process group and session: a kill(0) can never reach the zygote
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -272,7 +276,7 @@ def run_child(job_fd, result_fd, scratch, config, regions):
     buffer = bytearray(JOB_BUFFER)  # zero-filled: its pages are faulted in now, not in the job
     # Copy-on-write faults of the harness's hot paths, off the critical path; cut short
     # when the job arrives (jobs back to back), which it must not delay.
-    child.warm_up(stop=lambda: bool(select.select([job_fd], [], [], 0)[0]))
+    child.warm_up(stop=lambda: bool(select.select([job_fd], [], [], 0)[0]), full=full_warm_up)
     job = child.read_job(job_fd, buffer)
     os.close(job_fd)
     del buffer
