@@ -20,11 +20,13 @@ Celery; `register(app)` wraps them as the Celery tasks the web app sends by name
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import threading
 import time
 import traceback
+import uuid
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 from celery import Celery, signals
@@ -40,7 +42,7 @@ from grader.runner.session import SandboxFailure
 from grader.sandbox import FIXES, SandboxUnavailable, probe_host, required_layers
 from grader.spec import SpecError
 from grader.store import catalog
-from grader.store.db import make_engine, make_sessionmaker
+from grader.store.db import make_engine, make_sessionmaker, utcnow
 from grader.store.models import Submission
 from grader.store import submissions as store
 from grader.store.submissions import LEASE_SECONDS, MAX_ATTEMPTS, log_event, stuck
@@ -112,8 +114,13 @@ _T = TypeVar("_T")
 
 
 def _waits_for_the_database(step: Callable[..., _T]) -> Callable[..., _T]:
+    takes_now = "now" in inspect.signature(step).parameters
+
     @functools.wraps(step)
     def retried(session: Session, *args: Any, **kwargs: Any) -> _T:
+        if takes_now:
+            # One moment for every try: a write that committed unheard is recognised by it.
+            kwargs.setdefault("now", utcnow())
         deadline = time.monotonic() + DATABASE_WAIT_SECONDS
         pause = 0.25
         while True:
@@ -152,11 +159,12 @@ def grade_submission(
 ) -> str:
     """Grade one submission if it is ours to grade; returns the outcome (GRADED, ...)."""
     with sessions() as session:
-        held = claim(session, submission_id, lease_seconds=lease_seconds)
+        # One token for every try of the claim, so a try that committed unheard is recognised.
+        held = claim(session, submission_id, lease_seconds=lease_seconds, token=str(uuid.uuid4()))
         if held is None:
             log_event("skipped", submission_id, reason="already-graded-or-held")
             return SKIPPED
-        submission = session.get(Submission, submission_id)
+        submission = _read(session, submission_id)
         if submission is None:  # deleted between the claim and now
             return SKIPPED
         if held.attempt > MAX_ATTEMPTS:
@@ -178,8 +186,6 @@ def grade_submission(
         except SpecError as exc:
             fail(session, held, f"the assignment's spec (version {version.number}) does not load: {exc}", kind="spec-broken")
             return ERROR
-        # End the read transaction: nothing is held open in the database while grading.
-        session.commit()
 
         active: Optional[Runner] = runner
         try:
@@ -235,6 +241,19 @@ def grade_submission(
             )
             return RELEASED
         return GRADED if finish(session, held, result) else LEASE_LOST
+
+
+@_waits_for_the_database
+def _read(session: Session, submission_id: int) -> Optional[Submission]:
+    """The claimed row with everything grading needs loaded, and the read transaction ended
+    (nothing is held open in the database while grading). Waits out a database restart
+    like the claim: otherwise the row would stay running, claimed, until its lease ends."""
+    submission = session.get(Submission, submission_id)
+    if submission is not None:
+        version = submission.version
+        _ = (submission.source, submission.seed, submission.error, version.number, version.files, version.digest)
+    session.commit()
+    return submission
 
 
 def _close_quietly(runner: Runner) -> None:

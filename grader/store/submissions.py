@@ -146,14 +146,18 @@ def claim(
     now: Optional[dt.datetime] = None,
     lease_seconds: float = LEASE_SECONDS,
     worker: Optional[str] = None,
+    token: Optional[str] = None,
 ) -> Optional[Claim]:
     """Take the row for grading: queued, or running with an expired lease (its worker died).
     None when someone else holds it or it is already graded. Commits. The worker passes
     its configured lease (Settings.lease_seconds), which its Celery time limits sit below.
-    `worker` names the claiming process (default `host:pid`), kept on the row for /metrics."""
+    `worker` names the claiming process (default `host:pid`), kept on the row for /metrics.
+    A caller that tries a claim again after a broken connection passes the same `token`
+    each time: if the first try committed unheard, the row is running under that token and
+    is taken up as claimed (instead of skipped, and left running until its lease ends)."""
     now = now or utcnow()
     worker = (worker or logs.process_id())[:100]
-    token = str(uuid.uuid4())
+    token = token or str(uuid.uuid4())
     result = session.execute(
         update(Submission)
         .where(
@@ -174,7 +178,7 @@ def claim(
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1 and not _held_by(session, submission_id, token):  # type: ignore[attr-defined]
         return None
     found = session.execute(
         select(Submission.attempts, Submission.submitted_at, Submission.enqueued_at, Submission.grade_count).where(
@@ -195,6 +199,26 @@ def claim(
         regrade=True if found.grade_count > 0 else None,
     )
     return Claim(submission_id, token, attempt)
+
+
+def _held_by(session: Session, submission_id: int, token: str) -> bool:
+    return session.scalar(
+        select(func.count())
+        .select_from(Submission)
+        .where(Submission.id == submission_id, Submission.lease_token == token, Submission.status == "running")
+    ) == 1
+
+
+def _written(session: Session, held: Claim, status: str, stamp: Any, now: dt.datetime) -> bool:
+    """Whether the row already shows this very write: its new status, stamped with exactly
+    `now`. A write that committed but whose acknowledgement was lost (the connection broke
+    after COMMIT) matches nothing when tried again, since it cleared the lease; this tells
+    it apart from a lost lease, so it is neither reported as one nor made again."""
+    return session.scalar(
+        select(func.count())
+        .select_from(Submission)
+        .where(Submission.id == held.submission_id, Submission.status == status, stamp == now)
+    ) == 1
 
 
 def storable(value: Any) -> Any:
@@ -218,7 +242,8 @@ def storable(value: Any) -> Any:
 
 
 def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[dt.datetime] = None) -> bool:
-    """Write the grading result, only while the lease is still ours. Commits."""
+    """Write the grading result, only while the lease is still ours. Commits. A caller that
+    tries again after a broken connection passes the same `now` each time (see `_written`)."""
     now = now or utcnow()
     result = storable(result)
     done = session.execute(
@@ -238,7 +263,7 @@ def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    ok = done.rowcount == 1  # type: ignore[attr-defined]
+    ok = done.rowcount == 1 or _written(session, held, "graded", Submission.graded_at, now)  # type: ignore[attr-defined]
     if not ok:
         log_event("lease_lost", held.submission_id, logging.WARNING, attempt=held.attempt, outcome="graded")
         return False
@@ -273,7 +298,7 @@ def fail(
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    ok = done.rowcount == 1  # type: ignore[attr-defined]
+    ok = done.rowcount == 1 or _written(session, held, "error", Submission.graded_at, now)  # type: ignore[attr-defined]
     if ok:
         log_event("error", held.submission_id, logging.WARNING, attempt=held.attempt, reason=kind)
     else:
@@ -310,7 +335,7 @@ def release(
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    ok = done.rowcount == 1  # type: ignore[attr-defined]
+    ok = done.rowcount == 1 or _written(session, held, "queued", Submission.enqueued_at, now)  # type: ignore[attr-defined]
     if ok:
         level = logging.WARNING if count_attempt else logging.INFO
         log_event("failed" if count_attempt else "released", held.submission_id, level, attempt=held.attempt, reason=kind)
