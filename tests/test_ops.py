@@ -341,3 +341,30 @@ def test_migration_0002_goes_down_and_up(tmp_path):
     command.downgrade(migrate.alembic_config(url), "0001")
     migrate.upgrade(url)
     assert migrate.is_current(url)
+
+
+def test_a_database_host_that_never_answers_is_given_up_on(monkeypatch):
+    # A host that accepts TCP but never speaks (or drops packets) must not hang /healthz,
+    # a page or a worker's retry for the minutes TCP would wait.
+    import socket
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from grader.store import db
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+    monkeypatch.setattr(db, "PG_CONNECT_TIMEOUT", 2)
+    engine = db.make_engine(f"postgresql://grader@127.0.0.1:{silent.getsockname()[1]}/grader")
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        assert time.monotonic() - started < 10
+    finally:
+        engine.dispose()
+        silent.close()

@@ -43,6 +43,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
+PG_CONNECT_TIMEOUT = 10  # seconds to establish a PostgreSQL connection
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -52,7 +55,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if "connect_timeout" not in url:
+        # libpq waits for a silent host (packets dropped) as long as TCP does, minutes:
+        # /healthz, a web request or a worker's retry would hang with it.
+        kwargs.setdefault("connect_args", {"connect_timeout": PG_CONNECT_TIMEOUT})
     return create_engine(url, **kwargs)
+
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
