@@ -9,6 +9,7 @@ double-scored, no misgraded file, every fault landing while there was still work
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -82,21 +83,37 @@ def test_a_page_while_the_database_is_down_is_a_503_page_not_a_traceback(down_ap
 # --- processes starting at the same moment ------------------------------------------------
 
 
-def _settings_key(instance: str) -> str:
-    from grader.config import Settings
-
-    return Settings.from_env(environ={}, env="testing", instance_path=instance).secret_key
+# Each process waits for the start file, then reads its settings: they all reach the
+# missing key within a millisecond or so of each other.
+_READ_KEY = """
+import os, sys, time
+from grader.config import Settings
+go = sys.argv[1]
+while not os.path.exists(go):
+    time.sleep(0.0005)
+print(Settings.from_env(environ={}, env="testing", instance_path=sys.argv[2]).secret_key)
+"""
 
 
 def test_processes_starting_at_once_share_one_instance_secret(tmp_path):
     """Two workers started together (a supervisor bringing a stack up) both make the
-    instance's secret key if it is missing: neither may fail, and both must use the same."""
-    import multiprocessing
+    instance's secret key if it is missing: neither may fail, and both must use the same.
+    Fresh interpreters, not fork: forking pytest (which holds threads and locks) can hang."""
+    import subprocess
+    import sys
 
-    for round_ in range(5):
-        instance = str(tmp_path / f"instance{round_}")
-        with multiprocessing.get_context("fork").Pool(6) as pool:
-            keys = pool.map(_settings_key, [instance] * 12)
+    for round_ in range(3):
+        instance = tmp_path / f"instance{round_}"
+        go = tmp_path / f"go{round_}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _READ_KEY, str(go), str(instance)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(8)
+        ]
+        time.sleep(1.0)  # let them all import and start polling
+        go.touch()
+        outputs = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+        keys = [out.strip() for out, _ in outputs]
         assert len(set(keys)) == 1 and len(keys[0]) > 32, keys
 
 
