@@ -104,9 +104,10 @@ def _on_exit(**_kwargs: object) -> None:
 # drops its message (the row waits for the sweeper, GRADER_STUCK_SECONDS), and a result that
 # cannot be written leaves the row `running` until its lease ends (GRADER_LEASE_SECONDS),
 # when it is graded again from scratch. Each step is one conditional UPDATE that commits, so
-# trying it again is safe: a claim or a result that did commit before the connection broke
-# matches nothing the second time (the claim is then skipped and the sweeper re-sends the row
-# after its lease; the result is already there, graded once).
+# trying it again is safe: a step that did commit before the connection broke matches
+# nothing the second time, and is recognised as our own by its lease token (a claim) or by
+# the timestamp every try shares (finish, fail, release), so it is neither repeated nor
+# reported as a lost lease.
 
 DATABASE_WAIT_SECONDS = 30.0
 _DATABASE_DOWN = (OperationalError, InterfaceError)
