@@ -168,7 +168,7 @@ def test_regrade_requeue_and_enqueue_are_logged(sessions, lines, tmp_path):
     try:
         CeleryEnqueuer(settings)([sid])
     finally:
-        redis.Redis.from_url(REDIS_URL).delete(queue)
+        redis.Redis.from_url(REDIS_URL).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     events = {e["event"]: e for e in lines.events(sid)}
     assert events["submission.regrade"]["by_user_id"] == 42
     assert events["submission.requeued"]["why"] == "queued-too-long" and events["submission.requeued"]["by"] == "sweeper"
