@@ -166,8 +166,8 @@ def runner():
     sandbox.close()
 
 
-def run(runner: SandboxRunner, source: str, calls: list[tuple[str, list]], wall: float = 3.0) -> list:
-    job = Job(textwrap.dedent(source), [Call(name, args, wall, 2.0) for name, args in calls])
+def run(runner: SandboxRunner, source: str, calls: list[tuple[str, list]], wall: float = 3.0, cpu: float = 2.0) -> list:
+    job = Job(textwrap.dedent(source), [Call(name, args, wall, cpu) for name, args in calls])
     report = runner.run(job)
     assert report.load.status == "ok", report.load
     return report.calls
