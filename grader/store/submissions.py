@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from grader import logs
 from grader.grade import MAX_SOURCE_BYTES, new_seed
-from grader.policy import LatePolicy, NotAccepted, check_accepting, effective_due
+from grader.policy import LatePolicy, NotAccepted, check_accepting, counting, effective_due
 from grader.store.db import utcnow
 from grader.store.models import Assignment, Extension, Submission, User
 
@@ -66,6 +66,20 @@ def used_submissions(session: Session, assignment_id: int, user_id: int) -> int:
             Submission.assignment_id == assignment_id, Submission.user_id == user_id
         )
     ) or 0
+
+
+def counting_id(session: Session, assignment_id: int, user_id: int) -> Optional[int]:
+    """The id of the student's submission that counts for the assignment (policy.counting
+    over their graded ones), or None when none is graded."""
+    graded = session.execute(
+        select(Submission.id, Submission.submitted_at).where(
+            Submission.assignment_id == assignment_id,
+            Submission.user_id == user_id,
+            Submission.status == "graded",
+            Submission.score.is_not(None),
+        )
+    ).all()
+    return counting([(row.id, row.submitted_at) for row in graded])
 
 
 def create_submission(

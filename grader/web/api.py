@@ -24,7 +24,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BuildError
 
 from grader.grade import MAX_SOURCE_BYTES
-from grader.policy import NotAccepted, check_accepting, counting, score_of, submissions_left
+from grader.policy import NotAccepted, check_accepting, score_of, submissions_left
 from grader.store import accounts, submissions
 from grader.store.db import utcnow
 from grader.store.models import Assignment, Course, Membership, Submission, User
@@ -334,14 +334,6 @@ def _submission_json(sub: Submission, role: str) -> dict[str, Any]:
     policy = submissions.policy_for(db(), a, sub.user_id)
     graded = sub.status == "graded" and sub.score is not None
     scored = score_of(sub.id, sub.score or 0.0, sub.max_score or 0.0, sub.submitted_at, policy)
-    graded_rows = db().execute(
-        select(Submission.id, Submission.submitted_at).where(
-            Submission.assignment_id == sub.assignment_id,
-            Submission.user_id == sub.user_id,
-            Submission.status == "graded",
-            Submission.score.is_not(None),
-        )
-    ).all()
     body: dict[str, Any] = {
         "id": sub.id,
         "status": sub.status,
@@ -363,7 +355,7 @@ def _submission_json(sub: Submission, role: str) -> dict[str, Any]:
         "graded_at": _iso(sub.graded_at) if graded else None,
         "days_late": scored.days_late,
         "final_score": scored.final if graded else None,
-        "counts": counting([(row.id, row.submitted_at) for row in graded_rows]) == sub.id,
+        "counts": submissions.counting_id(db(), sub.assignment_id, sub.user_id) == sub.id,
         "url": url_for("api.submission", submission_id=sub.id, _external=True),
         "html_url": _html_url(sub.id),
     }

@@ -42,6 +42,7 @@ from grader.spec import SpecError
 from grader.store import catalog
 from grader.store.db import utcnow
 from grader.store.models import Assignment, AssignmentVersion, Course, Submission, User
+from grader.store import submissions as subs
 from grader.store.submissions import assignment_policy, create_submission, policy_for
 from grader.web import repro_view
 from grader.web.access import assignment_for, course_for, courses_of, is_staff, submission_for, user
@@ -446,15 +447,7 @@ def submission(submission_id: int) -> Any:
     staff = is_staff(role)
     found = sub.assignment
     policy = policy_for(db(), found, sub.user_id)
-    graded = db().execute(
-        select(Submission.id, Submission.submitted_at).where(
-            Submission.assignment_id == found.id,
-            Submission.user_id == sub.user_id,
-            Submission.status == "graded",
-            Submission.score.is_not(None),
-        )
-    ).all()
-    counting_id = counting([(r.id, r.submitted_at) for r in graded])
+    counting_id = subs.counting_id(db(), found.id, sub.user_id)
     result = sub.result if sub.status == "graded" and isinstance(sub.result, dict) else None
     pending = sub.status in PENDING
     response = Response(
