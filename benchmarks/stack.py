@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
 
 # _die_with_parent: a benchmark killed outright must not leave its service running (resolved
 # here, not between fork and exec, where nothing may be imported).
-from grader.up import _die_with_parent, free_port  # noqa: E402
+from grader.up import _die_with_parent, _stop_process, free_port  # noqa: E402
 
 PG_SERVER = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -422,20 +422,8 @@ class Stack:
     def _stop_service(self, service: _Service, grace: float = 15.0) -> None:
         self._remember_processes()
         proc = service.proc
-        if proc.poll() is None and grace > 0:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        # grace 0 is a hard stop: SIGKILL at once, as a crashed host would.
+        _stop_process(proc, grace, signal.SIGTERM if grace > 0 else signal.SIGKILL)
         # What left the group (sandbox zygotes and their children): only the very processes
         # seen under this service, checked by start time so a reused pid is never hit.
         for pid, started in service.seen.items():
