@@ -418,18 +418,19 @@ def _trial_entry(trial: Trial, res: CallResult) -> dict[str, Any]:
     if not trial.hidden:
         # Hidden trials carry no shapes, and no timings: a submission could time its
         # calls to spell out a hidden input.
-        entry["shapes"] = {k: _jsonable_shape(v) for k, v in trial.arg_shapes.items()}
+        entry["shapes"] = {k: jsonable_shape(v) for k, v in trial.arg_shapes.items()}
         entry["dims"] = dict(trial.dims)
         if res.seconds is not None:
             entry["seconds"] = round(res.seconds, 6)
     return entry
 
 
-def _jsonable_shape(shape: Any) -> Any:
+def jsonable_shape(shape: Any) -> Any:
+    """A trial's argument shape as stored in the result JSON (tuples become lists)."""
     if isinstance(shape, tuple):
         return list(shape)
     if isinstance(shape, list):
-        return [_jsonable_shape(s) for s in shape]
+        return [jsonable_shape(s) for s in shape]
     return shape
 
 

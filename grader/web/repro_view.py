@@ -15,6 +15,7 @@ from typing import Any, Optional
 from flask import abort, url_for
 
 from grader import repro
+from grader.grade import jsonable_shape
 from grader.spec import Assignment as LoadedSpec
 from grader.spec import SpecError
 from grader.store import catalog
@@ -143,15 +144,7 @@ def _agrees(sub: Submission, found: Offer, trial: Trial) -> None:
     recorded = found.shapes.get((trial.function, trial.index))
     if recorded is None:
         return
-    regenerated = {name: _jsonable(shape) for name, shape in trial.arg_shapes.items()}
+    regenerated = {name: jsonable_shape(shape) for name, shape in trial.arg_shapes.items()}
     if recorded != regenerated:
         log.error("submission=%s function=%s trial=%s event=repro-mismatch", sub.id, trial.function, trial.index)
         raise repro.ReproError("the regenerated trial differs from the graded one")
-
-
-def _jsonable(shape: Any) -> Any:
-    if isinstance(shape, tuple):
-        return list(shape)
-    if isinstance(shape, list):
-        return [_jsonable(s) for s in shape]
-    return shape
