@@ -32,7 +32,8 @@ DEFAULT_WAIT = 600.0
 POLL_FIRST, POLL_MAX = 0.5, 5.0
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # What `--download` fetches: a function's zip of failing visible trials, nothing else.
-DOWNLOAD_PATH = re.compile(r"/api/v1/submissions/[0-9]{1,18}/trials/[A-Za-z_][A-Za-z0-9_]{0,99}/repro\.zip")
+FUNCTION_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,99}"
+DOWNLOAD_PATH = re.compile(r"/api/v1/submissions/[0-9]{1,18}/trials/" + FUNCTION_NAME + r"/repro\.zip")
 MAX_DOWNLOAD_BYTES = 256 << 20
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -359,7 +360,7 @@ def save_downloads(api: ApiClient, info: dict[str, Any], folder: Path) -> list[P
     saved = []
     for function, links in sorted(downloads.items()):
         link = links.get("all") if isinstance(links, dict) else None
-        if not isinstance(link, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", str(function)):
+        if not isinstance(link, str) or not re.fullmatch(FUNCTION_NAME, str(function)):
             raise ClientFailure(f"the service's downloads for {str(function)[:40]!r} are malformed", EXIT_API)
         target = folder / f"{info.get('id')}-{function}-failing-trials.zip"
         try:
