@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import DEFAULT_MIX, stop_cleanly_on_sigterm, machine, parse_mix, plan  # noqa: E402
+from benchmarks.cpu import Snapshot, cpu_by_component  # noqa: E402
 from benchmarks.load import Figures, burst, measure, report_lines, wait_final  # noqa: E402
 from benchmarks.stack import BENCH_SUBMIT_RATE, Stack, StackError  # noqa: E402
 
@@ -61,12 +62,15 @@ def run_burst(
     with Stack(students=min(students, n), workers=workers, web=web, runner=runner) as stack:
         out(f"stack up in {time.monotonic() - started:.1f} s: {stack.url}, database {stack.db_name}, queue {stack.queue}, "
             f"{workers} worker process(es) (pool pids {stack.worker_pool_pids()}), runner {runner}, web {web}")
+        before = Snapshot.take()
         sent = burst(stack, items, clients)
         accepted = sum(1 for s in sent if s.ticket.id is not None)
         done = wait_final(stack, accepted, stall_timeout)
+        cpu = cpu_by_component(before, Snapshot.take())
         if not done:
             out(f"no submission became final for {stall_timeout:g} s: stopped waiting")
         figures = measure(stack, sent)
+    figures.data["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
     figures.data.update(workers=workers, clients=clients, students=min(students, n), runner=runner, web=web,
                         submit_rate=BENCH_SUBMIT_RATE, n=n, fork_bomb=fork_bomb)
     return figures

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from benchmarks.common import Item, percentile
+from benchmarks.cpu import report_lines as cpu_report_lines
 from benchmarks.stack import Client, Stack, Ticket, iter_rows
 
 FINAL = ("graded", "error")
@@ -261,4 +262,6 @@ def report_lines(fig: Figures, title: str) -> list[str]:
         f"the grading processes spent {d['worker_busy_fraction']:.0%} of the run between claiming a row and writing "
         "its result (the rest: Celery fetching and acknowledging, and waiting for work)",
     ]
+    if "cpu_seconds" in d:
+        lines += cpu_report_lines(d["cpu_seconds"], d["final"])
     return lines
