@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -22,6 +24,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import deadline_burst, steady_load  # noqa: E402
+from benchmarks import cpu  # noqa: E402
+from benchmarks.cpu import Snapshot, cpu_by_component  # noqa: E402
 from benchmarks.common import DEFAULT_MIX, corpus, parse_mix, percentile, plan  # noqa: E402
 from benchmarks.stack import PG_SERVER, REDIS_URL, Stack  # noqa: E402
 from grader.config import ConfigError, Settings  # noqa: E402
@@ -71,6 +75,25 @@ def test_mix_and_percentiles() -> None:
             parse_mix(bad)
     assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5
     assert percentile([1.0, 2.0], 100) == 2.0 and math.isnan(percentile([], 95))
+
+
+def test_cpu_is_counted_by_component_including_reaped_children() -> None:
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    before = Snapshot.take()
+    # A live process named like the web server, and a child this process has reaped.
+    web = subprocess.Popen([sys.executable, "-c", burn + "import sys; sys.stdin.read()", "gunicorn-lookalike"],
+                           stdin=subprocess.PIPE)
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while Snapshot.take().procs[web.pid].own / cpu.TICK < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu_s = cpu_by_component(before, Snapshot.take())
+    finally:
+        web.communicate(b"")
+    assert cpu_s["web"] >= 0.25
+    assert cpu_s["load generator"] >= 0.25  # the reaped child's CPU reaches this process
+    assert cpu_s["total"] >= cpu_s["web"] + cpu_s["load generator"] - 0.05
 
 
 def test_the_queue_chart_is_valid_svg() -> None:
@@ -132,8 +155,11 @@ def test_a_tiny_burst_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"] < 120
     assert all(v == v for v in figures["profile_median_ms"].values())  # no NaN: every phase measured
     for needle in ("machine: ", " cores | Linux", "NumPy", "accepted/s", "graded/s", "p95", "lost: 0; double-scored: 0",
-                   "where the time goes", "worker process(es)", "wall time", "rate limit raised"):
+                   "where the time goes", "worker process(es)", "wall time", "rate limit raised", "CPU by component"):
         assert needle in printed
+    cpu = figures["cpu_seconds"]
+    # Grading and accepting used CPU in their own processes, not only "the machine".
+    assert cpu["worker"] > 0 and cpu["sandbox"] > 0 and cpu["web"] > 0 and cpu["total"] >= cpu["worker"]
     assert _leftovers(str(os.getpid())) == {"databases": [], "redis keys": [], "processes": []}
 
 
