@@ -14,7 +14,7 @@ import numpy as np
 
 from grader.engine import OPS, Tensor, apply, backward
 from grader.spec.load import Assignment, Function
-from grader.spec.model import Case, InputSpec, Range
+from grader.spec.model import AssignmentSpec, Case, InputSpec, Range
 from grader.spec.program import Program, ProgramError
 
 MAX_CONSTRAINT_ATTEMPTS = 200
@@ -71,27 +71,61 @@ def plan(fn: Function) -> list[TrialPlan]:
     """Visible random trials, then the edge cases, then the hidden random trials."""
     t = fn.trials
     visible = t.random - t.hidden
-    plans = [TrialPlan("random shapes, all dimensions distinct", False, None) for _ in range(visible)]
+    # Plans are immutable, so repeated trials share one (a frozen dataclass is slow to build).
+    plans = [TrialPlan("random shapes, all dimensions distinct", False, None)] * visible
     for case in t.cases:
-        plans += [TrialPlan(case.label, case.hidden, case) for _ in range(case.repeat)]
-    plans += [TrialPlan("random shapes, all dimensions distinct", True, None) for _ in range(t.hidden)]
+        plans += [TrialPlan(case.label, case.hidden, case)] * case.repeat
+    plans += [TrialPlan("random shapes, all dimensions distinct", True, None)] * t.hidden
     return plans
 
 
-def trial_rng(assignment: Assignment, seed: int, fn: Function, index: int, attempt: int = 0) -> np.random.Generator:
-    tag = zlib.crc32(f"{assignment.id}\x00{assignment.spec.version}\x00{fn.name}".encode())
-    return np.random.default_rng(np.random.SeedSequence([seed & (2**63 - 1), tag, index, attempt]))
+def _tag(assignment: Assignment, fn: Function) -> int:
+    return zlib.crc32(f"{assignment.id}\x00{assignment.spec.version}\x00{fn.name}".encode())
+
+
+def _rng(tag: int, seed: int, index: int, attempt: int) -> np.random.Generator:
+    """The generator of one attempt at one trial: every value of the trial comes from it.
+
+    It is default_rng(SeedSequence([seed & (2**63 - 1), tag, index, attempt])), bit for bit.
+    SeedSequence splits each int of such a list into little-endian 32-bit words; handed
+    those words as a uint32 array it skips its slow per-int coercion. tag is a CRC-32 and
+    index and attempt are small, so each of them is one word.
+    """
+    seed &= 2**63 - 1
+    low, high = seed & 0xFFFFFFFF, seed >> 32
+    words = [low, high, tag, index, attempt] if high else [low, tag, index, attempt]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(np.array(words, dtype=np.uint32))))
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What every trial of one function reads from its spec, worked out once per function."""
+
+    spec: AssignmentSpec
+    tag: int
+    used_dims: tuple[str, ...]
+    used_shapes: tuple[str, ...]
+    uses_layers: bool
+
+    @classmethod
+    def of(cls, assignment: Assignment, fn: Function) -> _Static:
+        return cls(assignment.spec, _tag(assignment, fn), tuple(_used_dims(fn)), tuple(_used_shapes(fn)), _uses_layers(fn))
 
 
 def make_trials(assignment: Assignment, fn: Function, seed: int) -> list[Trial]:
-    return [make_trial(assignment, fn, seed, i, p) for i, p in enumerate(plan(fn))]
+    static = _Static.of(assignment, fn)
+    return [_make_trial(static, fn, seed, i, p) for i, p in enumerate(plan(fn))]
 
 
 def make_trial(assignment: Assignment, fn: Function, seed: int, index: int, trial_plan: TrialPlan) -> Trial:
+    return _make_trial(_Static.of(assignment, fn), fn, seed, index, trial_plan)
+
+
+def _make_trial(static: _Static, fn: Function, seed: int, index: int, trial_plan: TrialPlan) -> Trial:
     last_violation = ""
     for attempt in range(MAX_CONSTRAINT_ATTEMPTS):
-        rng = trial_rng(assignment, seed, fn, index, attempt)
-        drawn = _draw_dims(assignment, fn, trial_plan.case, rng)
+        rng = _rng(static.tag, seed, index, attempt)
+        drawn = _draw_dims(static, fn, trial_plan.case, rng)
         values = {name: _generate(name, inp, drawn, rng) for name, inp in fn.inputs.items()}
         _repair(fn, values)
         env = _to_env(values, drawn.dims)
@@ -161,13 +195,15 @@ class _Distinct:
                 f"cannot draw {what} distinct from the other dimensions within "
                 f"[{rng_range.low}, {rng_range.high}]; widen the ranges"
             )
-        value = int(self.rng.choice(choices))
+        # Generator.choice on a list draws integers(len) and indexes: the same stream,
+        # without converting the list to an array.
+        value = choices[int(self.rng.integers(len(choices)))]
         self.used.add(value)
         return value
 
 
-def _draw_dims(assignment: Assignment, fn: Function, case: Optional[Case], rng: np.random.Generator) -> Drawn:
-    spec = assignment.spec
+def _draw_dims(static: _Static, fn: Function, case: Optional[Case], rng: np.random.Generator) -> Drawn:
+    spec = static.spec
     fixed = dict(case.dims) if case else {}
     fixed_shapes = {k: tuple(v) for k, v in case.shapes.items()} if case else {}
     fixed_values = list(fixed.values()) + [n for s in fixed_shapes.values() for n in s]
@@ -186,13 +222,13 @@ def _draw_dims(assignment: Assignment, fn: Function, case: Optional[Case], rng: 
         value = preset[0] if preset else distinct.draw(Range(low=lo, high=hi), "/".join(group))
         for d in group:
             dims[d] = value
-    for name in _used_dims(fn):
+    for name in static.used_dims:
         if name in dims:
             continue
         dims[name] = fixed[name] if name in fixed else distinct.draw(fn.dims[name], f"dimension {name}")
 
     shapes: dict[str, tuple[int, ...]] = {}
-    for name in _used_shapes(fn):
+    for name in static.used_shapes:
         if name in fixed_shapes:
             shapes[name] = fixed_shapes[name]
             continue
@@ -201,7 +237,7 @@ def _draw_dims(assignment: Assignment, fn: Function, case: Optional[Case], rng: 
         shapes[name] = tuple(distinct.draw(var.size, f"a dimension of shape {name}") for _ in range(rank))
 
     layers: Optional[list[int]] = None
-    if _uses_layers(fn):
+    if static.uses_layers:
         assert spec.layers is not None
         if case and case.layers:
             layers = list(case.layers)
@@ -254,6 +290,10 @@ def _generate(name: str, inp: InputSpec, drawn: Drawn, rng: np.random.Generator)
     return np.asarray(_sample(inp, _resolve_shape(inp, drawn), rng), dtype=np.float64)
 
 
+# Masks are tested with np.count_nonzero rather than .any()/.all(): the same answer, but
+# a ufunc reduction costs several times more than the test itself on a trial's small arrays.
+
+
 def _repair(fn: Function, values: dict[str, Any]) -> None:
     """Move inputs out of a constraint's forbidden band where that is a direct edit.
 
@@ -268,10 +308,19 @@ def _repair(fn: Function, values: dict[str, Any]) -> None:
             continue
         offset = current - base - constraint.away_from
         bad = np.abs(offset) < constraint.margin
-        if np.any(bad):
-            sign = np.where(offset >= 0, 1.0, -1.0)
-            fixed = base + constraint.away_from + sign * (1.5 * constraint.margin + np.abs(offset))
-            values[target] = np.where(bad, fixed, current)
+        if not np.count_nonzero(bad):
+            continue
+        if other is None and current.ndim and current.dtype == np.float64:
+            # The same arithmetic on the few elements in the band only: a large input has
+            # tens of thousands of elements and a handful to move.
+            near = offset[bad]
+            fixed = current.copy()
+            fixed[bad] = base + constraint.away_from + np.where(near >= 0, 1.0, -1.0) * (1.5 * constraint.margin + np.abs(near))
+            values[target] = fixed
+            continue
+        sign = np.where(offset >= 0, 1.0, -1.0)
+        fixed = base + constraint.away_from + sign * (1.5 * constraint.margin + np.abs(offset))
+        values[target] = np.where(bad, fixed, current)
 
 
 def _to_env(values: dict[str, Any], dims: dict[str, int]) -> dict[str, Any]:
@@ -290,7 +339,7 @@ def _violated(fn: Function, env: dict[str, Any]) -> Optional[str]:
     for constraint, expr in zip(fn.spec.constraints, fn.constraint_exprs):
         value = fn.program.evaluate(expr, env)
         array = value.value if isinstance(value, Tensor) else np.asarray(value, dtype=np.float64)
-        if np.any(np.abs(array - constraint.away_from) < constraint.margin):
+        if np.count_nonzero(np.abs(array - constraint.away_from) < constraint.margin):
             return f"|{constraint.expr} - {constraint.away_from:g}| >= {constraint.margin:g}"
     return None
 
@@ -444,5 +493,6 @@ def _shape_of(value: Any) -> Any:
 def _check_finite(fn: Function, index: int, label: str, value: Any) -> None:
     arrays = value if isinstance(value, list) else [value]
     for array in arrays:
-        if not np.all(np.isfinite(array)):
+        finite = np.isfinite(array)
+        if np.count_nonzero(finite) != finite.size:
             raise TrialError(f"{fn.name}: expected {label} on trial {index} is not finite; adjust the distributions")

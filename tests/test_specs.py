@@ -196,6 +196,92 @@ class TestForwardLanguage:
         with pytest.raises(ProgramError, match="exceeds"):
             program.run({})
 
+    # What each kind of node does at run time, error text and line included, recorded from
+    # the tree-walking interpreter that the compiled closures replaced.
+    @pytest.mark.parametrize(
+        "source, outcome",
+        [
+            ("y = q", ("ProgramError", 1, "line 1: name 'q' is not defined")),
+            ("a = x\nb = (a +\n  exp(big))", ("ProgramError", 3, "line 3: exp(): overflow encountered in exp")),
+            ("y = x @ 2", ("ProgramError", 1, "line 1: matmul: operands must have at least one dimension (use * for scalars)")),
+            ("y = 2 @ 3", ("ProgramError", 1, "line 1: matmul: operands must have at least one dimension (use * for scalars)")),
+            ("y = x // 2", ("ProgramError", 1, "line 1: // and % are for integer index arithmetic only")),
+            ("y = n // 2 + n % 2", ("int", 2)),
+            ("y = ws + 1", ("ProgramError", 1, "line 1: arithmetic on a whole list; index it first, e.g. weights[l]")),
+            ("y = ws * x", ("ProgramError", 1, "line 1: arithmetic on a whole list; index it first, e.g. weights[l]")),
+            ("y = len(x)", ("ProgramError", 1, "line 1: len() takes a list input")),
+            ("y = len(ws) + n", ("int", 5)),
+            ("y = ws[5]", ("ProgramError", 1, "line 1: index 5 is out of range for a list of 2")),
+            ("y = x[0]", ("ProgramError", 1, "line 1: only list inputs can be indexed")),
+            ("y = ws[f]", ("ProgramError", 1, "line 1: a list index must be an integer")),
+            ("y = ws[-3]", ("ProgramError", 1, "line 1: index -3 is out of range for a list of 2")),
+            ("y = ws[-2] + ws[n - 2]", ("ndarray", [2.0, 2.0])),
+            ("y = n.T", ("ProgramError", 1, "line 1: .T needs an array")),
+            ("y = x.T + s.T", ("ndarray", [3.0, 4.0])),
+            ("y = -ws", ("ProgramError", 1, "line 1: bad operand type for unary -: 'list'")),
+            ("y = -x + +s - -n", ("ndarray", [4.0, 3.0])),
+            ("for i in range(f):\n  y = x", ("ProgramError", 1, "line 1: range() needs integer bounds")),
+            ("for i in range(0, 5, 0):\n  y = x", ("ValueError", "range() arg 3 must not be zero")),
+            ("for i in range(n, 0, -1):\n  y = ws[i - 2] * i", ("ndarray", [1.0, 1.0])),
+            ("y = 1 / 0", ("ProgramError", 1, "line 1: division by zero")),
+            ("y = n / 0.0", ("ProgramError", 1, "line 1: float division by zero")),
+            ("y = sum(x, axis=5)", ("ProgramError", 1, "line 1: axis 5 is out of bounds for array of dimension 1")),
+            ("y = sum(ws[0], axis=0, keepdims=True) + mean(x, axis=-1)", ("ndarray", [3.5])),
+            ("y = softmax_cross_entropy(x, 1.5)", ("ProgramError", 1, "line 1: softmax_cross_entropy: labels must be integers, got float64")),
+            ("y = softmax_cross_entropy(x, 5)", ("ProgramError", 1, "line 1: softmax_cross_entropy: labels must lie in [0, 2)")),
+            ("y = softmax_cross_entropy(x, n - 2)", ("ndarray", 0.31326168751822286)),
+            ("y = reshape(x, (7,))", ("ProgramError", 1, "line 1: cannot reshape array of size 2 into shape (7,)")),
+            ("y = reshape(x, (1, 2))", ("ndarray", [[1.0, 2.0]])),
+            ("y = 2.0 ** 10000.0", ("OverflowError", "(34, 'Numerical result out of range')")),
+            ("y = log(x - 1)", ("ProgramError", 1, "line 1: log(): divide by zero encountered in log")),
+            ("y = sqrt(-x)", ("ProgramError", 1, "line 1: sqrt(): invalid value encountered in sqrt")),
+            ("y = x / (x - x)", ("ProgramError", 1, "line 1: div(): divide by zero encountered in divide")),
+            ("y = 1\nfor i in range(3):\n  for j in range(i):\n    y = y * 2 + j", ("int", 9)),
+        ],
+    )
+    def test_run_outcomes_are_pinned(self, source: str, outcome: tuple[Any, ...]) -> None:
+        import numpy as np
+
+        from grader.engine import Tensor
+
+        env = {
+            "x": Tensor(np.array([1.0, 2.0])),
+            "big": Tensor(np.array([1.0, 1000.0])),
+            "s": Tensor(2.0),
+            "ws": [Tensor(np.ones(2)), Tensor(np.ones(2))],
+            "n": 3,
+            "f": 0.5,
+        }
+        before = np.geterr()
+        try:
+            out = Program.parse(source).run(env)
+        except ProgramError as exc:
+            got: tuple[Any, ...] = ("ProgramError", exc.line, str(exc))
+        except (ValueError, OverflowError) as exc:
+            got = (type(exc).__name__, str(exc))
+        else:
+            value = out["y"] if "y" in out else out["b"]
+            value = value.value if isinstance(value, Tensor) else value
+            got = (type(value).__name__, np.asarray(value).tolist())
+        assert got == outcome
+        # Ops raise on floating-point errors only inside; the caller's settings come back.
+        assert np.geterr() == before
+
+    def test_constraint_expressions_evaluate_with_the_same_rules(self) -> None:
+        import numpy as np
+
+        from grader.engine import Tensor
+        from grader.spec.program import parse_expression
+
+        program = Program.parse("z = x * 2\n")
+        _, expr = parse_expression("z - 1")
+        env = program.run({"x": Tensor(np.array([1.0, 3.0]))})
+        assert program.evaluate(expr, env).value.tolist() == [1.0, 5.0]
+        assert program.evaluate(expr, {"z": Tensor(np.array([4.0]))}).value.tolist() == [3.0]
+        _, bad = parse_expression("exp(z)")
+        with pytest.raises(ProgramError, match="line 1: exp\\(\\): overflow"):
+            program.evaluate(bad, {"z": Tensor(np.array([1000.0]))})
+
 
 @pytest.mark.parametrize("assignment_id", BUILTINS)
 def test_builtin_self_test(assignment_id: str) -> None:

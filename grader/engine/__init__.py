@@ -4,7 +4,7 @@ The grader derives every expected answer from an assignment's forward definition
 engine, so nothing in a spec is a hand-written gradient.
 """
 
-from grader.engine.ops import OPS, Op, apply, register, unbroadcast
+from grader.engine.ops import OPS, Op, apply, fp_checked, register, unbroadcast
 from grader.engine.tensor import Tensor, backward, constant, grad_of
 
-__all__ = ["OPS", "Op", "Tensor", "apply", "backward", "constant", "grad_of", "register", "unbroadcast"]
+__all__ = ["OPS", "Op", "Tensor", "apply", "backward", "constant", "fp_checked", "grad_of", "register", "unbroadcast"]

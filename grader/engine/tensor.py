@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -89,9 +89,7 @@ class Tensor:
 
 
 def _apply(name: str, *args: Any) -> Tensor:
-    from grader.engine.ops import OPS, apply
-
-    return apply(OPS[name], *args)
+    return _ops.apply(_ops.OPS[name], *args)
 
 
 def constant(value: Any) -> Tensor:
@@ -103,35 +101,37 @@ def topological_order(output: Tensor) -> list[Tensor]:
     """Every node `output` depends on, parents before children, without recursion.
 
     Graphs unrolled over many layers or loop iterations would overflow Python's recursion
-    limit with a recursive walk, hence the explicit stack.
+    limit with a recursive walk, hence the explicit stack. Tensors hash by identity.
     """
     order: list[Tensor] = []
-    visited: set[int] = set()
+    visited: set[Tensor] = set()
     stack: list[tuple[Tensor, bool]] = [(output, False)]
+    push, pop, mark, emit = stack.append, stack.pop, visited.add, order.append
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node.parents:
-            if id(parent) not in visited:
-                stack.append((parent, False))
+            emit(node)
+        elif node not in visited:
+            mark(node)
+            parents = node.parents
+            if not parents:
+                emit(node)  # a leaf is finished at once: the same order as pushing it expanded
+                continue
+            push((node, True))
+            for parent in parents:
+                if parent not in visited:
+                    push((parent, False))
     return order
 
 
 class Gradients:
     """Adjoints of every node reached by a backward sweep; unreached nodes get zeros."""
 
-    def __init__(self, grads: dict[int, np.ndarray], nodes: Iterable[Tensor]) -> None:
-        self._grads = grads
-        self._nodes = list(nodes)  # keeps ids stable: a freed node's id could be reused
+    def __init__(self, grads: dict[Tensor, np.ndarray]) -> None:
+        self._grads = grads  # keyed by the nodes themselves, which keeps them (and their ids) alive
 
     def __getitem__(self, node: Tensor) -> np.ndarray:
-        grad = self._grads.get(id(node))
+        grad = self._grads.get(node)
         if grad is None:
             return np.zeros_like(node.value)
         return grad
@@ -140,7 +140,6 @@ class Gradients:
 def backward(
     output: Tensor,
     seed: Any = None,
-    extra_roots: Iterable[Tensor] = (),
     overrides: Mapping[str, Any] | None = None,
 ) -> Gradients:
     """Reverse-mode sweep from `output`.
@@ -153,33 +152,40 @@ def backward(
     if seed is None:
         if output.value.size != 1:
             raise ValueError(f"backward from a non-scalar output of shape {output.shape} needs a seed")
-        seed_value = np.ones_like(output.value)
+        seed_value = np.ones(output.value.shape)  # values are float64 arrays, as ones_like would give
     else:
         seed_value = np.broadcast_to(np.asarray(seed, dtype=np.float64), output.shape).copy()
     order = topological_order(output)
-    grads: dict[int, np.ndarray] = {id(output): seed_value}
+    grads: dict[Tensor, np.ndarray] = {output: seed_value}
+    get = grads.get
     for node in reversed(order):
-        grad = grads.get(id(node))
-        if grad is None or node.op is None:
+        op = node.op
+        if op is None:
             continue
-        vjp = overrides.get(node.op.name, node.op.vjp) if overrides else node.op.vjp
-        parent_grads = vjp(grad, node)
-        for parent, parent_grad in zip(node.parents, parent_grads):
+        grad = get(node)
+        if grad is None:
+            continue
+        vjp = overrides.get(op.name, op.vjp) if overrides else op.vjp
+        for parent, parent_grad in zip(node.parents, vjp(grad, node)):
             if parent_grad is None:
                 continue
-            if parent_grad.shape != parent.shape:
+            if parent_grad.shape != parent.value.shape:
                 raise AssertionError(
-                    f"op {node.op.name} returned a gradient of shape {parent_grad.shape} "
+                    f"op {op.name} returned a gradient of shape {parent_grad.shape} "
                     f"for an input of shape {parent.shape}"
                 )
-            key = id(parent)
-            if key in grads:
-                grads[key] = grads[key] + parent_grad
-            else:
-                grads[key] = parent_grad
-    return Gradients(grads, [*order, *extra_roots])
+            # Accumulate in visiting order, earlier sum first: reordering would change the
+            # rounding of a node with three or more consumers.
+            previous = get(parent)
+            grads[parent] = parent_grad if previous is None else previous + parent_grad
+    return Gradients(grads)
 
 
 def grad_of(output: Tensor, wrt: Tensor, seed: Any = None) -> np.ndarray:
     """Gradient of `output` (or of `sum(output * seed)`) with respect to one node."""
     return backward(output, seed)[wrt]
+
+
+# ops imports this module for Tensor, so the reverse import comes last; it is bound once
+# here because an import statement inside _apply would cost more than most ops.
+from grader.engine import ops as _ops  # noqa: E402

@@ -20,9 +20,9 @@ from __future__ import annotations
 import ast
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from grader.engine import OPS, Tensor, apply
+from grader.engine import OPS, Tensor, apply, fp_checked
 from grader.spec.limits import MAX_EXECUTED_STATEMENTS, MAX_LOOP_ITERATIONS, MAX_PROGRAM_DEPTH, MAX_PROGRAM_NODES
 
 
@@ -52,6 +52,10 @@ class Program:
     source: str
     tree: ast.Module
     assigned: list[str] = field(default_factory=list)  # in order of first assignment
+    # Compiled on first use (see run). _exprs is keyed by id(); each expression is kept
+    # alongside so that its id cannot be reused by another.
+    _body: Optional[list[_Stmt]] = field(default=None, init=False, repr=False, compare=False)
+    _exprs: dict[int, tuple[ast.expr, _Expr]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, source: str) -> Program:
@@ -181,68 +185,151 @@ class Program:
         visit(self.tree.body, defined)
 
     # --- evaluation ----------------------------------------------------------------------
+    # Each statement and expression is compiled once into a closure: walking the tree with
+    # isinstance dispatch per node cost more than the ops themselves on a trial's small arrays.
 
     def run(self, env: dict[str, Any]) -> dict[str, Any]:
         """Evaluate into a copy of `env` (inputs: Tensors, ints, floats, lists of Tensors)."""
+        body = self._body
+        if body is None:
+            body = self._body = [_compile_stmt(stmt) for stmt in self.tree.body]
         scope = dict(env)
         steps = [0]  # statements executed so far, shared by nested loops
-        for stmt in self.tree.body:
-            self._exec(stmt, scope, steps)
+        # The interpreter's own arithmetic is on Python numbers, so all NumPy work here is
+        # op forwards, which raise on floating-point errors anyway.
+        with fp_checked():
+            for stmt in body:
+                stmt(scope, steps)
         return scope
 
     def evaluate(self, expr: ast.expr, env: dict[str, Any]) -> Any:
-        return self._eval(expr, env)
+        compiled = self._exprs.get(id(expr))
+        if compiled is None or compiled[0] is not expr:
+            compiled = self._exprs[id(expr)] = (expr, _compile_expr(expr))
+        with fp_checked():
+            return compiled[1](env)
 
-    def _exec(self, stmt: ast.stmt, env: dict[str, Any], executed: list[int]) -> None:
-        executed[0] += 1
-        if executed[0] > MAX_EXECUTED_STATEMENTS:
-            # Each loop is capped, but nested loops multiply; one trial must stay quick.
-            raise ProgramError(
-                f"the forward definition executes more than {MAX_EXECUTED_STATEMENTS:,} statements (nested loops?)",
-                stmt.lineno,
-            )
-        if isinstance(stmt, ast.Assign):
-            env[stmt.targets[0].id] = self._eval(stmt.value, env)  # type: ignore[union-attr]
-            return
-        assert isinstance(stmt, ast.For)
-        bounds = [self._eval(a, env) for a in stmt.iter.args]  # type: ignore[attr-defined]
+
+_Expr = Callable[[dict[str, Any]], Any]
+_Stmt = Callable[[dict[str, Any], list[int]], None]
+# Errors of NumPy, the ops and Python arithmetic that become a ProgramError naming the line of
+# the innermost expression that raised them.
+_EVAL_ERRORS = (TypeError, ValueError, IndexError, FloatingPointError, ZeroDivisionError)
+
+
+def _count_step(executed: list[int], line: int) -> None:
+    executed[0] += 1
+    if executed[0] > MAX_EXECUTED_STATEMENTS:
+        # Each loop is capped, but nested loops multiply; one trial must stay quick.
+        raise ProgramError(
+            f"the forward definition executes more than {MAX_EXECUTED_STATEMENTS:,} statements (nested loops?)",
+            line,
+        )
+
+
+def _compile_stmt(stmt: ast.stmt) -> _Stmt:
+    line = stmt.lineno
+    if isinstance(stmt, ast.Assign):
+        target: str = stmt.targets[0].id  # type: ignore[attr-defined]
+        value = _compile_expr(stmt.value)
+
+        def assign(env: dict[str, Any], executed: list[int]) -> None:
+            _count_step(executed, line)
+            env[target] = value(env)
+
+        return assign
+    assert isinstance(stmt, ast.For)
+    bound_exprs = [_compile_expr(a) for a in stmt.iter.args]  # type: ignore[attr-defined]
+    var: str = stmt.target.id  # type: ignore[attr-defined]
+    body = [_compile_stmt(inner) for inner in stmt.body]
+
+    def loop(env: dict[str, Any], executed: list[int]) -> None:
+        _count_step(executed, line)
+        bounds = [b(env) for b in bound_exprs]
         if not all(isinstance(b, int) for b in bounds):
-            raise ProgramError("range() needs integer bounds", stmt.lineno)
+            raise ProgramError("range() needs integer bounds", line)
         steps = range(*bounds)
         if len(steps) > MAX_LOOP_ITERATIONS:
-            raise ProgramError(f"loop of {len(steps)} iterations exceeds {MAX_LOOP_ITERATIONS}", stmt.lineno)
+            raise ProgramError(f"loop of {len(steps)} iterations exceeds {MAX_LOOP_ITERATIONS}", line)
         for i in steps:
-            env[stmt.target.id] = i  # type: ignore[union-attr]
-            for inner in stmt.body:
-                self._exec(inner, env, executed)
+            env[var] = i
+            for inner in body:
+                inner(env, executed)
 
-    def _eval(self, node: ast.expr, env: dict[str, Any]) -> Any:
-        line = getattr(node, "lineno", None)
+    return loop
+
+
+def _compile_expr(node: ast.expr) -> _Expr:
+    line = getattr(node, "lineno", None)
+    if isinstance(node, ast.Name):
+        name = node.id
+
+        def load(env: dict[str, Any]) -> Any:
+            if name not in env:
+                raise ProgramError(f"name {name!r} is not defined", line)
+            return env[name]
+
+        return load
+    if isinstance(node, ast.Constant):
+        constant = node.value
+        return lambda env: constant
+    if isinstance(node, ast.Tuple):
+        return lambda env: _constant(node)
+    if isinstance(node, ast.UnaryOp):
+        return _compile_unary(node, line)
+    if isinstance(node, ast.BinOp):
+        return _compile_binop(node, line)
+    if isinstance(node, ast.Call):
+        return _compile_call(node, line)
+    if isinstance(node, ast.Subscript):
+        return _compile_subscript(node, line)
+    if isinstance(node, ast.Attribute):
+        value = _compile_expr(node.value)
+
+        def transpose(env: dict[str, Any]) -> Any:
+            operand = value(env)
+            if not isinstance(operand, Tensor):
+                raise ProgramError(".T needs an array", line)
+            try:
+                return operand.T
+            except ProgramError:
+                raise
+            except _EVAL_ERRORS as exc:
+                raise ProgramError(str(exc), line) from None
+
+        return transpose
+    kind = type(node).__name__
+
+    def unknown(env: dict[str, Any]) -> Any:
+        raise ProgramError(f"cannot evaluate {kind}", line)
+
+    return unknown
+
+
+def _compile_unary(node: ast.UnaryOp, line: Optional[int]) -> _Expr:
+    operand = _compile_expr(node.operand)
+    if isinstance(node.op, ast.UAdd):
+        return operand
+
+    def negate(env: dict[str, Any]) -> Any:
+        value = operand(env)
         try:
-            return self._eval_inner(node, env)
+            return apply(OPS["neg"], value) if isinstance(value, Tensor) else -value
         except ProgramError:
             raise
-        except (TypeError, ValueError, IndexError, FloatingPointError, ZeroDivisionError) as exc:
+        except _EVAL_ERRORS as exc:
             raise ProgramError(str(exc), line) from None
 
-    def _eval_inner(self, node: ast.expr, env: dict[str, Any]) -> Any:
-        line = getattr(node, "lineno", None)
-        if isinstance(node, ast.Name):
-            if node.id not in env:
-                raise ProgramError(f"name {node.id!r} is not defined", line)
-            return env[node.id]
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Tuple):
-            return _constant(node)
-        if isinstance(node, ast.UnaryOp):
-            value = self._eval(node.operand, env)
-            if isinstance(node.op, ast.UAdd):
-                return value
-            return apply(OPS["neg"], value) if isinstance(value, Tensor) else -value
-        if isinstance(node, ast.BinOp):
-            left, right = self._eval(node.left, env), self._eval(node.right, env)
-            op_name, py_op = _BINOPS[type(node.op)]
+    return negate
+
+
+def _compile_binop(node: ast.BinOp, line: Optional[int]) -> _Expr:
+    left_expr, right_expr = _compile_expr(node.left), _compile_expr(node.right)
+    op_name, py_op = _BINOPS[type(node.op)]
+
+    def binop(env: dict[str, Any]) -> Any:
+        left, right = left_expr(env), right_expr(env)
+        try:
             if isinstance(left, Tensor) or isinstance(right, Tensor) or op_name == "matmul":
                 if not op_name:
                     raise ProgramError("// and % are for integer index arithmetic only", line)
@@ -252,31 +339,60 @@ class Program:
             if isinstance(left, list) or isinstance(right, list):
                 raise ProgramError("arithmetic on a whole list; index it first, e.g. weights[l]", line)
             return py_op(left, right)
-        if isinstance(node, ast.Call):
-            name = node.func.id  # type: ignore[attr-defined]
-            args = [self._eval(a, env) for a in node.args]
-            if name == "len":
+        except ProgramError:
+            raise
+        except _EVAL_ERRORS as exc:
+            raise ProgramError(str(exc), line) from None
+
+    return binop
+
+
+def _compile_call(node: ast.Call, line: Optional[int]) -> _Expr:
+    name: str = node.func.id  # type: ignore[attr-defined]
+    arg_exprs = [_compile_expr(a) for a in node.args]
+    if name == "len":
+
+        def length(env: dict[str, Any]) -> Any:
+            args = [a(env) for a in arg_exprs]
+            try:
                 if not isinstance(args[0], list):
                     raise ProgramError("len() takes a list input", line)
                 return len(args[0])
-            kwargs = {kw.arg: _constant(kw.value) for kw in node.keywords}
+            except ProgramError:
+                raise
+            except _EVAL_ERRORS as exc:
+                raise ProgramError(str(exc), line) from None
+
+        return length
+    keywords = [(kw.arg, kw.value) for kw in node.keywords]
+
+    def call(env: dict[str, Any]) -> Any:
+        args = [a(env) for a in arg_exprs]
+        try:
+            kwargs = {key: _constant(value) for key, value in keywords}
             return apply(OPS[name], *args, **kwargs)
-        if isinstance(node, ast.Subscript):
-            container = self._eval(node.value, env)
-            index = self._eval(node.slice, env)
-            if not isinstance(container, list):
-                raise ProgramError("only list inputs can be indexed", line)
-            if not isinstance(index, int):
-                raise ProgramError("a list index must be an integer", line)
-            if not -len(container) <= index < len(container):
-                raise ProgramError(f"index {index} is out of range for a list of {len(container)}", line)
-            return container[index]
-        if isinstance(node, ast.Attribute):
-            value = self._eval(node.value, env)
-            if not isinstance(value, Tensor):
-                raise ProgramError(".T needs an array", line)
-            return value.T
-        raise ProgramError(f"cannot evaluate {type(node).__name__}", line)
+        except ProgramError:
+            raise
+        except _EVAL_ERRORS as exc:
+            raise ProgramError(str(exc), line) from None
+
+    return call
+
+
+def _compile_subscript(node: ast.Subscript, line: Optional[int]) -> _Expr:
+    container_expr, index_expr = _compile_expr(node.value), _compile_expr(node.slice)
+
+    def subscript(env: dict[str, Any]) -> Any:
+        container, index = container_expr(env), index_expr(env)
+        if not isinstance(container, list):
+            raise ProgramError("only list inputs can be indexed", line)
+        if not isinstance(index, int):
+            raise ProgramError("a list index must be an integer", line)
+        if not -len(container) <= index < len(container):
+            raise ProgramError(f"index {index} is out of range for a list of {len(container)}", line)
+        return container[index]
+
+    return subscript
 
 
 def _check_size(tree: ast.Module) -> None:
