@@ -11,14 +11,17 @@ each time, run back to back), prints the median wall-clock milliseconds of:
   paced        SandboxRunner with --gap-ms (default 5) between jobs, as in a worker, where
                comparing results and writing them takes that long (the gap is not counted)
   fresh        SubprocessRunner: a fresh interpreter (python + NumPy import) per submission
-and the ratios. Target on a 2-core machine: the sandbox adds at most 10 ms per submission
-over in-process and is at least 15x cheaper than a fresh interpreter.
+and the ratios; then the CPU milliseconds per paced submission of the trusted parent
+(its process time) and of the sandbox (bwrap, the zygote and its children, from /proc).
+Target on a 2-core machine: the sandbox adds at most 10 ms per submission over in-process
+and is at least 15x cheaper than a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -62,6 +65,34 @@ def timed(fn, runs: int, gap: float = 0.0) -> list[float]:
     return samples
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its descendants, incl. the children they have reaped."""
+    ticks, stack = 0, [pid]
+    while stack:
+        proc = stack.pop()
+        try:
+            stat = Path(f"/proc/{proc}/stat").read_text()
+            ticks += sum(int(x) for x in stat[stat.rindex(")") + 2 :].split()[11:15])
+            for task in os.listdir(f"/proc/{proc}/task"):
+                stack += [int(c) for c in Path(f"/proc/{proc}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # it exited meanwhile: its CPU went to its parent's reaped count
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def paced_cpu(sandbox: SandboxRunner, job: Job, runs: int, gap: float) -> tuple[list[float], float, float]:
+    """Wall milliseconds of each paced run, and CPU milliseconds per run of the parent and
+    of the sandbox's processes."""
+    zygote = sandbox._zygote
+    assert zygote is not None
+    tree, own = tree_cpu_seconds(zygote.proc.pid), time.process_time()
+    samples = timed(lambda: sandbox.run(job), runs, gap)
+    time.sleep(0.05)  # the last child's exit
+    assert sandbox._zygote is zygote, "the zygote was restarted during the run"
+    parent = (time.process_time() - own) * 1000 / runs
+    return samples, parent, (tree_cpu_seconds(zygote.proc.pid) - tree) * 1000 / runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40)
@@ -72,7 +103,7 @@ def main() -> None:
     print(f"median of {args.runs} runs (fresh: {max(5, args.runs // 4)}); milliseconds per submission\n")
     print(
         f"{'job':<6} {'calls':>5} {'in-process':>11} {'sandbox':>9} {'p90':>7} {'paced':>7} {'fresh':>8} "
-        f"{'added':>7} {'fresh/sandbox':>14} {'fresh/paced':>12}"
+        f"{'added':>7} {'fresh/sandbox':>14} {'fresh/paced':>12} {'cpu: parent':>12} {'sandbox':>8}"
     )
     sandbox = SandboxRunner()
     fresh = SubprocessRunner()
@@ -85,16 +116,17 @@ def main() -> None:
             results = {
                 "in-process": timed(lambda: in_process(job), args.runs),
                 "sandbox": timed(lambda: sandbox.run(job), args.runs),
-                "paced": timed(lambda: sandbox.run(job), args.runs, args.gap_ms / 1000),
-                "fresh": timed(lambda: fresh.run(job), max(5, args.runs // 4)),
             }
+            results["paced"], parent_cpu, sandbox_cpu = paced_cpu(sandbox, job, args.runs, args.gap_ms / 1000)
+            results["fresh"] = timed(lambda: fresh.run(job), max(5, args.runs // 4))
             med = {k: statistics.median(v) for k, v in results.items()}
             spread = sorted(results["sandbox"])
             p90 = spread[int(0.9 * (len(spread) - 1))]
             print(
                 f"{assignment_id:<6} {len(job.calls):>5} {med['in-process']:>9.2f}   {med['sandbox']:>7.2f}  {p90:>6.2f} "
                 f"{med['paced']:>7.2f} {med['fresh']:>8.2f} {med['sandbox'] - med['in-process']:>7.2f} "
-                f"{med['fresh'] / med['sandbox']:>13.1f}x {med['fresh'] / med['paced']:>11.1f}x"
+                f"{med['fresh'] / med['sandbox']:>13.1f}x {med['fresh'] / med['paced']:>11.1f}x "
+                f"{parent_cpu:>12.2f} {sandbox_cpu:>8.2f}"
             )
     finally:
         sandbox.close()

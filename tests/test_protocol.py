@@ -1160,3 +1160,34 @@ def test_a_mutated_argument_is_reported_and_unchanged_ones_are_not(runner):
     assert isinstance(a, Returned) and a.array.tolist() == [99.0, 0.0, 0.0]
     assert b is UNCHANGED and c == [UNCHANGED, UNCHANGED] and d == [UNCHANGED, 5]
     assert args[0].tolist() == [0.0, 0.0, 0.0]  # the parent's own copy is untouched
+
+
+def test_a_slow_call_costs_the_parent_no_timed_wake_ups(runner, monkeypatch):
+    # Once a read finds nothing, the parent sleeps until the child writes (or the call's
+    # deadline): polling the pipe every few milliseconds cost a grading process CPU for as
+    # long as a slow or hanging call ran.
+    import types
+
+    from grader.runner import session
+
+    polls = []
+    real_poll = session.select.poll
+
+    class CountingPoll:
+        def __init__(self) -> None:
+            self.inner = real_poll()
+            self.register, self.modify, self.unregister = self.inner.register, self.inner.modify, self.inner.unregister
+
+        def poll(self, timeout: float) -> list[tuple[int, int]]:
+            polls.append(timeout)
+            return self.inner.poll(timeout)
+
+    monkeypatch.setattr(session, "select", types.SimpleNamespace(poll=CountingPoll))
+    body = """
+    if i == 1:
+        time.sleep(0.4)
+    return np.full(3, float(i))
+    """
+    report, elapsed = run_calls(runner, body, [("f", i) for i in range(3)], 5.0)
+    assert statuses(report) == ["ok"] * 3 and elapsed >= 0.4
+    assert len(polls) < 20, f"{len(polls)} wake-ups for one 0.4 s call"

@@ -572,3 +572,60 @@ def test_one_submission_has_a_total_time_budget(tmp_path: Path) -> None:
     text = json.dumps(result)
     assert "total time budget (2.5 s)" in text
     assert result["score"] < result["max_score"]
+
+
+def test_a_spare_that_cannot_confine_itself_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Landlock is below the zygote's minimum: no spare may serve, and grading stops.
+    from grader.runner.session import SandboxFailure
+
+    monkeypatch.setenv("GRADER_LANDLOCK_MIN_ABI", "99")
+    sandbox = SandboxRunner(require=("bwrap", "userns"))
+    try:
+        with pytest.raises(SandboxFailure):
+            grade_bytes(PROBE, b"def double(x):\n    return 2 * x\n" + ADD.encode(), seed=1, runner=sandbox)
+    finally:
+        sandbox.close()
+
+
+def _zygote_module(monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    harness = Path(__file__).parents[1] / "grader" / "runner"
+    monkeypatch.syspath_prepend(str(harness))  # the zygote imports its neighbours by name
+    spec = importlib.util.spec_from_file_location("zygote_under_test", harness / "zygote.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_pressure_tells_a_contended_machine_from_an_idle_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A spare runs its full warm-up only while tasks seldom wait for a CPU.
+    import types
+
+    zygote = _zygote_module(monkeypatch)
+    clock = [100.0]
+    monkeypatch.setattr(zygote, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    psi = tmp_path / "cpu"
+
+    def stalled(total_us: int, after: float) -> None:
+        clock[0] += after
+        psi.write_text(f"some avg10=1.00 avg60=1.00 avg300=1.00 total={total_us}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+    stalled(5_000_000, 0.0)
+    pressure = zygote.CpuPressure(str(psi))
+    stalled(5_400_000, 0.5)  # waited 80% of the last half second
+    assert pressure.contended()
+    stalled(5_410_000, 0.5)  # 2%
+    assert not pressure.contended()
+    psi.unlink()  # a kernel without PSI: never contended
+    clock[0] += 0.5
+    assert not pressure.contended()
+    stalled(9_000_000, 0.5)
+    assert not pressure.contended()  # no earlier sample to compare with
+    assert pressure.contended() is False  # no time has passed
+
+
+def test_what_a_call_prints_goes_to_a_file_with_no_name(runner: SandboxRunner) -> None:
+    # The capture file is unnamed: nothing in scratch to find, rename or fill besides it.
+    body = "print('listed', sorted(os.listdir('.')), os.fstat(1).st_nlink, os.fstat(1).st_ino == os.fstat(2).st_ino)\nreturn 2 * x\n"
+    assert double_part(attack(runner, body))["printed"].startswith("listed [] 0 True")

@@ -391,11 +391,17 @@ class Output:
         self.cap = cap
         sys.stdout.flush()
         sys.stderr.flush()
-        capture = tempfile.TemporaryFile(dir=".")
-        os.dup2(capture.fileno(), 1)
-        os.dup2(capture.fileno(), 2)
-        capture.close()  # fds 1 and 2 keep the (already unlinked) file open
-
+        try:
+            # An unnamed file, as tempfile.TemporaryFile makes it, without the module's
+            # Python layers: in a freshly forked spare, they cost ~0.3 ms of page faults.
+            fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError:  # a file system without O_TMPFILE
+            capture = tempfile.TemporaryFile(dir=".")
+            fd = os.dup(capture.fileno())
+            capture.close()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)  # fds 1 and 2 keep the (never named) file open
         self.dirty = False
 
     def reset(self):

@@ -7,13 +7,15 @@ deadline per call, kills the child on a timeout, a crash or a malformed frame, a
 a new child for the calls that remain, so a broken function costs only its own points.
 
 The child writes one frame per call as the call ends, but the parent is not woken for
-each: it polls the result pipe for hang-up only (the child closes it after its last frame,
-or dies), and reads what has arrived every millisecond or so while results keep coming
-(backing off while they do not), which is also how it sees which call is running. So a
-call's deadline runs from the moment the parent saw the previous call's result, at most
-one read interval after the call really started: a hanging call is killed up to
-`READ_INTERVAL_MAX` late, never early, and the results of the calls before it were in the
-pipe before it started. Large results (a pipe half full at a read) are read as they come.
+each: while results keep coming it polls the result pipe for hang-up only (the child closes
+it after its last frame, or dies) and reads what has arrived every `READ_INTERVAL`; once a
+read finds nothing, it sleeps until the next byte arrives or the running call's deadline,
+whichever comes first, so a slow or hanging call costs it no wake-ups. Reading is also how
+it sees which call is running: a call's deadline runs from the moment the parent saw the
+previous call's result, at most one read interval after the call really started, so a
+hanging call is killed up to `READ_INTERVAL` late, never early, and the results of the
+calls before it were in the pipe before it started. Large results (a pipe half full at a
+read) are read as they come.
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ from grader.runner.protocol import (
 )
 
 MAX_OUTPUT_TOTAL = 64 << 10
-READ_INTERVAL = 0.001  # seconds between reads of the result pipe while results arrive
-READ_INTERVAL_MAX = 0.004  # ... growing to this while none do (a child blocked on a full
-# pipe waits for the next read, and a hung call is killed up to this late)
+READ_INTERVAL = 0.001  # seconds between reads of the result pipe while results arrive (a
+# child blocked on a full pipe waits for the next read, and a hung call is killed up to this late)
 CHUNK = 1 << 20
 POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -221,12 +222,13 @@ class _Session:
         # A sandbox child reports that it is confined before it reads its job, so the first
         # frame, "confined" or "confinement_failed", can only come from the harness, never
         # from a student; the job is sent at once all the same (a spare that failed exits
-        # without reading it). Until that frame every byte on the result pipe wakes us;
-        # after it, only its hang-up (events 0: POLLHUP and POLLERR are always reported),
-        # unless results are large.
+        # without reading it). Until that frame, after a read that found nothing, and while
+        # results are large, every byte on the result pipe wakes us (`waiting`); otherwise
+        # only its hang-up does (events 0: POLLHUP and POLLERR are always reported), and
+        # the timer reads what came.
         self.awaiting_confinement = child.reports_confinement
-        streaming = self.awaiting_confinement
-        poller.register(child.result_fd, POLLIN if streaming else 0)
+        waiting = True
+        poller.register(child.result_fd, POLLIN)
         for fd in child.diagnostic_fds:
             poller.register(fd, POLLIN)
         self.sent = 0
@@ -235,10 +237,9 @@ class _Session:
             poller.register(child.job_fd, POLLOUT)
         now = time.monotonic()
         deadline = self._deadline_after(now)
-        interval = READ_INTERVAL
-        next_read = now + interval
+        next_read = now + READ_INTERVAL
         while True:
-            wake = deadline if streaming else min(deadline, next_read)
+            wake = deadline if waiting else min(deadline, next_read)
             timeout = wake - time.monotonic()
             events = poller.poll(timeout * 1000 if timeout > 0 else 0)
             read_now = False
@@ -260,7 +261,7 @@ class _Session:
                     else:
                         poller.unregister(fd)
             now = time.monotonic()
-            if not (read_now or now >= next_read or now >= deadline):
+            if not (read_now or (now >= next_read and not waiting) or now >= deadline):
                 continue
             over, handled, nbytes, eof = self._read_results(child, reader)
             if over:
@@ -277,13 +278,14 @@ class _Session:
                 child.kill()
                 self._fail("timeout", "budget" if now >= self.job_deadline else "")
                 return
-            if not self.awaiting_confinement and streaming != (nbytes >= (large // 16 if streaming else large)):
-                # Results fill the pipe faster than the timer reads it: read as they come,
-                # until reads are small again.
-                streaming = not streaming
-                poller.modify(child.result_fd, POLLIN if streaming else 0)
-            interval = READ_INTERVAL if nbytes else min(interval * 2, READ_INTERVAL_MAX)
-            next_read = now + interval
+            # Nothing came (a slow call): sleep until something does. Results filling the
+            # pipe faster than the timer reads it: read them as they come, until reads are
+            # small again. Otherwise let the timer gather the next ones.
+            wait = self.awaiting_confinement or not nbytes or nbytes >= (large // 16 if waiting else large)
+            if wait != waiting:
+                waiting = wait
+                poller.modify(child.result_fd, POLLIN if waiting else 0)
+            next_read = now + READ_INTERVAL
 
     def _send_job(self, child: ChildHandle) -> bool:
         """Write what the job pipe takes of the job; True when all of it is sent."""
