@@ -16,7 +16,7 @@ import numpy as np
 
 from grader import __version__
 from grader.chain import ChainReport, report_for
-from grader.compare import Check, StructureError, article, check_leaf, check_unchanged, locate, to_array
+from grader.compare import Check, StructureError, article, check_leaves, check_unchanged, locate, to_array
 from grader.mistakes import Mistake, Observation, Recogniser
 from grader.runner import Call, CallResult, Job, LoadResult, Runner, RunReport
 from grader.spec.load import Assignment, Function, LeafInfo
@@ -251,32 +251,52 @@ def _grade_function(
     memory_mb: int,
 ) -> dict[str, Any]:
     tol = assignment.spec.tolerance
-    failed: dict[str, list[int]] = {info.label: [] for info in fn.leaves}
-    float32 = {info.label: False for info in fn.leaves}
+    leaves = fn.leaves
+    labels = [info.label for info in leaves]
+    failed: dict[str, list[int]] = {label: [] for label in labels}
+    float32 = {label: False for label in labels}
     trial_entries: list[dict[str, Any]] = []
     details: list[str] = []
     general: Optional[str] = None  # one message that applies to every trial (missing, arity)
     # What each failing output returned on each failing trial, for recognising the mistake.
-    seen: dict[str, list[Observation]] = {info.label: [] for info in fn.leaves}
+    seen: dict[str, list[Observation]] = {label: [] for label in labels}
 
+    # Every returned output is located first, so that all of them are compared at once.
+    shape_names = [_shape_names(fn, info) for info in leaves]
+    found_in: list[Optional[dict[Any, Any]]] = []
+    requests: list[tuple[LeafInfo, Any, Any, bool, Optional[str]]] = []
     for trial, res in zip(trials, results):
+        if res.status != "ok":
+            found_in.append(None)
+            continue
+        expected_at = {info.path: value for info, value in zip(leaves, trial.expected)}
+        found = locate(fn.spec.returns, res.value, expected_at, trial.hidden)
+        found_in.append(found)
+        hidden = trial.hidden
+        requests.extend(
+            (info, expected, found[info.path], hidden, names)
+            for info, expected, names in zip(leaves, trial.expected, shape_names)
+        )
+    checks = iter(check_leaves(requests, tol))
+
+    for trial, res, found in zip(trials, results, found_in):
         entry = _trial_entry(trial, res)
         problems: list[str] = []
-        if res.status == "ok":
+        if found is not None:
             changed = check_unchanged(fn.spec.args, trial.args, res.args_after)
             changed_arg = _changed_arg(fn, trial, res) if changed else None
-            expected_at = {info.path: value for info, value in zip(fn.leaves, trial.expected)}
-            found = locate(fn.spec.returns, res.value, expected_at, trial.hidden)
             outcomes: dict[str, str] = {}
-            for info, expected in zip(fn.leaves, trial.expected):
-                check: Check = check_leaf(info, expected, found[info.path], tol, trial.hidden, _shape_names(fn, info))
-                ok = check.passed and changed is None
-                outcomes[info.label] = "passed" if ok else "failed"
-                float32[info.label] = float32[info.label] or check.float32
-                if not ok:
-                    failed[info.label].append(trial.index)
-                    got = None if check.passed else _as_value(found[info.path], expected)
-                    seen[info.label].append(Observation(trial, got if changed is None else None, changed_arg))
+            for info, label, expected in zip(leaves, labels, trial.expected):
+                check: Check = next(checks)
+                if check.float32:
+                    float32[label] = True
+                if check.passed and changed is None:
+                    outcomes[label] = "passed"
+                    continue
+                outcomes[label] = "failed"
+                failed[label].append(trial.index)
+                got = None if check.passed else _as_value(found[info.path], expected)
+                seen[label].append(Observation(trial, got if changed is None else None, changed_arg))
                 if not check.passed and check.message not in problems:
                     problems.append(check.message)  # one structure error can hit several outputs
             if changed:
@@ -285,9 +305,9 @@ def _grade_function(
             entry["status"] = "passed" if not problems else "failed"
         else:
             out_of_memory = res.status == "error" and (res.error or {}).get("type") == "MemoryError"
-            for info in fn.leaves:
-                failed[info.label].append(trial.index)
-                seen[info.label].append(Observation(trial, out_of_memory=out_of_memory))
+            for label in labels:
+                failed[label].append(trial.index)
+                seen[label].append(Observation(trial, out_of_memory=out_of_memory))
             message = _call_problem(fn, trial, res, memory_mb)
             if res.status in ("missing", "not_callable", "bad_signature"):
                 general = message
@@ -418,7 +438,7 @@ def _trial_entry(trial: Trial, res: CallResult) -> dict[str, Any]:
     if not trial.hidden:
         # Hidden trials carry no shapes, and no timings: a submission could time its
         # calls to spell out a hidden input.
-        entry["shapes"] = {k: jsonable_shape(v) for k, v in trial.arg_shapes.items()}
+        entry["shapes"] = {k: list(v) if type(v) is tuple else jsonable_shape(v) for k, v in trial.arg_shapes.items()}
         entry["dims"] = dict(trial.dims)
         if res.seconds is not None:
             entry["seconds"] = round(res.seconds, 6)

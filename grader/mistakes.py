@@ -19,7 +19,7 @@ dimension names or a constant) is shown only when a visible trial failed as well
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -105,11 +105,11 @@ class Recogniser:
             if mistake:
                 return [mistake]
         if self.fn.spec.upstream:
-            local = []
-            for o in obs:
-                ones = {arg: np.ones_like(up) for arg, up in o.trial.upstream.items()}
-                local.append(derive(self.fn, o.trial, upstream=ones)[index])
-            if _all_match(got, local, expected):
+            local = (
+                derive(self.fn, o.trial, upstream={arg: np.ones_like(up) for arg, up in o.trial.upstream.items()})[index]
+                for o in obs
+            )
+            if _explains(got, local, expected):
                 names = ", ".join(f"`{a}`" for a in self.fn.spec.upstream)
                 return [
                     Mistake(
@@ -121,25 +121,27 @@ class Recogniser:
         return []
 
     def _mutants(self, index: int, obs: list[Observation], got: list[Any], expected: list[Any]) -> list[Mistake]:
-        found: list[Mistake] = []
-        for m, mutant in enumerate(self.fn.spec.mutants):
-            answers = []
-            for o in obs:
-                key = (str(m), o.trial.index)
-                if key not in self._cache:
-                    try:
-                        self._cache[key] = mutant_outputs(self.fn, m, o.trial)
-                    except (ValueError, ArithmeticError):
-                        # A mutant that cannot be evaluated on this trial explains nothing.
-                        self._cache[key] = None
-                cached = self._cache[key]
-                if cached is None:
-                    break
-                answers.append(cached[index])
-            else:
-                if _all_match(got, answers, expected):
-                    found.append(Mistake(mutant.name, mutant.message))
-        return found
+        return [
+            Mistake(mutant.name, mutant.message)
+            for m, mutant in enumerate(self.fn.spec.mutants)
+            if _explains(got, self._mutant_answers(m, index, obs), expected)
+        ]
+
+    def _mutant_answers(self, m: int, index: int, obs: list[Observation]) -> Iterator[Any]:
+        """Mutant `m`'s answer for output `index` on each trial in turn, derived when first
+        asked for; it stops at a trial where the mutant cannot be evaluated."""
+        for o in obs:
+            key = (str(m), o.trial.index)
+            if key not in self._cache:
+                try:
+                    self._cache[key] = mutant_outputs(self.fn, m, o.trial)
+                except (ValueError, ArithmeticError):
+                    # A mutant that cannot be evaluated on this trial explains nothing.
+                    self._cache[key] = None
+            cached = self._cache[key]
+            if cached is None:
+                return
+            yield cached[index]
 
 
 def mutant_outputs(fn: Function, m: int, trial: Trial) -> list[Any]:
@@ -160,8 +162,8 @@ def differs(answers: list[Any], expected: list[Any]) -> bool:
 def _flat(value: Any) -> Optional[np.ndarray]:
     """A list output (one array per layer) as one vector, for relations over all its parts."""
     if isinstance(value, list):
-        return np.concatenate([np.ravel(np.asarray(v, dtype=np.float64)) for v in value]) if value else np.zeros(0)
-    return np.ravel(np.asarray(value, dtype=np.float64))
+        return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in value]) if value else np.zeros(0)
+    return np.asarray(value, dtype=np.float64).reshape(-1)
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
@@ -174,17 +176,24 @@ def _close(got: Any, want: Any) -> bool:
     if not _same_shapes(got, want):
         return False
     g, w = _flat(got), _flat(want)
-    if g is None or w is None or w.size == 0 or not np.all(np.isfinite(g)):
+    if g is None or w is None or w.size == 0 or not np.isfinite(g).all():
         return False
     # The floor lets an all-zero candidate (e.g. a layer whose ReLUs are all off) match.
-    scale = max(float(np.max(np.abs(w))), 1e-9)
-    return float(np.max(np.abs(g - w))) <= RTOL * scale
+    scale = max(float(np.abs(w).max()), 1e-9)
+    return float(np.abs(g - w).max()) <= RTOL * scale
 
 
-def _all_match(got: list[Any], candidate: list[Any], expected: list[Any]) -> bool:
-    """`got` equals `candidate` on every trial, and the candidate is itself wrong on at
-    least one of them (else it says nothing about the mistake)."""
-    return all(_close(g, c) for g, c in zip(got, candidate)) and not all(_close(c, e) for c, e in zip(candidate, expected))
+def _explains(got: list[Any], candidates: Iterable[Any], expected: list[Any]) -> bool:
+    """`got` equals the candidate on every trial, and the candidate is itself wrong on at
+    least one of them (else it says nothing about the mistake). Candidates are drawn one
+    trial at a time and the first miss decides, so the rest are never derived: deriving
+    one costs a forward and a backward pass."""
+    matched = []
+    for g, c in zip(got, candidates):
+        if not _close(g, c):
+            return False
+        matched.append(c)
+    return len(matched) == len(got) and not all(_close(c, e) for c, e in zip(matched, expected))
 
 
 def _visible(obs: list[Observation]) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grader.compare import StructureError, check_array, check_unchanged, locate, to_array
+from grader.compare import BATCH_MAX_SIZE, CHUNK, StructureError, check_array, check_leaf, check_leaves, check_unchanged, locate, to_array
 from grader.runner.protocol import Returned, Unsupported
+from grader.spec.load import LeafInfo
 from grader.spec.model import DictReturn, Leaf, SeqReturn, Tolerance
 
 TOL = Tolerance()
@@ -105,7 +106,10 @@ def test_locate_walks_tuples_dicts_and_stacked_arrays() -> None:
     short = locate(spec, (1,))
     assert all(isinstance(v, StructureError) for v in short.values())
     assert "expected 2 items" in str(short[(0,)])
+    assert locate(pair, [1, 2]) == {(0,): 1, (1,): 2}
+    assert locate(Leaf(grad="x"), (1, 2)) == {(): (1, 2)}
     d = DictReturn(keys={"W1": Leaf(grad="W1"), "W2": Leaf(grad="W2")})
+    assert locate(d, {"W2": 2, "extra": 3, "W1": 1}) == {("W1",): 1, ("W2",): 2}
     found = locate(d, {"W1": 1})
     assert found[("W1",)] == 1 and "no key 'W2'" in str(found[("W2",)])
     assert "expected a dict" in str(locate(d, [1, 2])[("W1",)])
@@ -118,3 +122,53 @@ def test_mutation_is_named() -> None:
     assert check_unchanged(["dout", "x"], before, [ret(np.ones(3)), ret(np.zeros(2))]) is None
     layers = [[np.ones(2), np.ones(3)]]
     assert check_unchanged(["weights"], layers, [[ret(np.ones(2))]]) is not None
+
+
+def _bent(expected: np.ndarray) -> list[object]:
+    """Right and wrong answers to `expected`, among them the cases a vectorised pass must
+    not wave through: NaN, inf, values just outside the tolerance in the last entry."""
+    e = np.asarray(expected)
+    last_off, with_nan, with_inf = (e.astype(np.float64).reshape(-1) for _ in range(3))
+    last_off[-1:] = last_off[-1:] * (1 + 1e-6) + 1e-6
+    with_nan[-1:], with_inf[:1] = np.nan, -np.inf
+    return [
+        ret(e), ret(e * (1 + 1e-9)), ret(e * (1 + 1e-6)), ret(e.astype(np.float32)),
+        ret((e * 1.01).astype(np.float32)), ret(last_off.reshape(e.shape)), ret(with_nan.reshape(e.shape)),
+        ret(with_inf.reshape(e.shape)), ret(e.T), ret(e.astype(">f8")), ret(np.round(e).astype(np.int64)),
+        ret(e.astype(np.float16)), ret(e[None]), ret(np.zeros_like(e)), float(e.sum()), None,
+        StructureError("returned None; expected a tuple (dx, dy)"), [ret(e)],
+    ]
+
+
+def test_checking_many_outputs_at_once_agrees_with_checking_each() -> None:
+    # Arrays below the batch size, above it, and over several chunks; a 0-d answer; an
+    # empty one; answers with NaN or inf in them; one whose error overflows to inf.
+    big = rng.normal(size=(50, BATCH_MAX_SIZE // 50 + 1))
+    huge = rng.normal(size=(3, CHUNK // 2 + 7))
+    answers = [EXPECTED, big, huge, np.float64(0.7), np.array(-2.5), np.zeros(3), np.zeros((0, 3))]
+    odd = [
+        (np.array([1.0, np.nan]), ret(np.array([1.0, 5.0]))),
+        (np.array([1.0, np.inf]), ret(np.array([1.0, 5.0]))),
+        (np.array([1.0, np.inf]), ret(np.array([np.inf, np.inf]))),
+        (np.array([1.0, np.inf]), ret(np.array([np.inf, 5.0]))),
+        (np.array([1.0, np.nan]), ret(np.array([1.0, np.nan]))),
+        (np.array([1e308, -1e308]), ret(np.array([-1e308, 1e308]))),
+        (np.array([1, 2]), ret(np.array([1.0, 2.0]))),
+        ([EXPECTED, big], [ret(EXPECTED.astype(np.float32)), ret(big)]),
+        ([EXPECTED, big], [ret(EXPECTED), ret(big * 2)]),
+        ([EXPECTED, huge], (ret(EXPECTED), ret(huge))),
+        ([EXPECTED, big], [ret(EXPECTED)]),
+        ([EXPECTED], ret(EXPECTED)),
+        ([], []),
+    ]
+    pairs = [(e, actual) for e in answers for actual in _bent(e)] + odd
+    info = LeafInfo(path=(), leaf=Leaf(grad="x", name="dx"), points=1.0)
+    # So loose that the allowance is infinite: only the finiteness check fails an inf.
+    loose = Tolerance(rtol=1e308, atol=1e308, float32_rtol=1e308, float32_atol=1e308)
+    for tol in (TOL, loose):
+        requests = [(info, e, actual, k % 3 == 0, "(N, D)" if k % 2 else None) for k, (e, actual) in enumerate(pairs)]
+        one_by_one = [check_leaf(info, e, actual, tol, hidden, names) for info, e, actual, hidden, names in requests]
+        assert check_leaves(requests, tol) == one_by_one
+        # Alone, too: a batch that passes as a whole takes a shortcut.
+        assert [check_leaves([r], tol)[0] for r in requests] == one_by_one
+        assert 0 < sum(c.passed for c in one_by_one) < len(pairs)

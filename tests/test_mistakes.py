@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from grader import mistakes
 from grader.grade import grade_bytes
 from grader.mistakes import Observation, Recogniser
 from grader.selftest import self_test
@@ -151,6 +152,29 @@ def test_a_wrong_answer_explained_on_only_some_trials_gets_no_mistake(assignment
     dx = fn.leaves[0]
     obs = [Observation(t, got=(2.0 if i % 2 else -1.0) * t.expected[0]) for i, t in enumerate(trials[:4])]
     assert Recogniser(fn).recognise(dx, obs, passed_trials=0) == []
+
+
+def test_a_mutant_that_misses_a_trial_is_not_derived_on_the_others(
+    assignments: dict[str, Assignment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deriving a mutant costs a forward and a backward pass. Checked one trial at a time,
+    # a mutant that misses is ruled out at once: only the one that explains the mistake is
+    # derived on every failing trial, not every mutant on every trial (6 x 11 here).
+    derived: list[str] = []
+    real = mistakes.mutant_outputs
+
+    def counting(fn: Any, m: int, trial: Any) -> list[Any]:
+        derived.append(fn.name)
+        return real(fn, m, trial)
+
+    monkeypatch.setattr(mistakes, "mutant_outputs", counting)
+    mlp = assignments["mlp"]
+    result = grade_bytes(mlp, (SUBMISSIONS / "mlp" / "wrong_no_reg.py").read_bytes(), seed=3)
+    for part, fn in zip(result["parts"], mlp.functions):
+        failing = {i for o in part["outputs"] for i in o["failed_trials"]}
+        assert len(fn.spec.mutants) >= 6 and len(failing) >= 9
+        assert next(o for o in part["outputs"] if o["name"] == "W2")["mistakes"] == ["regularisation term missing"]
+        assert derived.count(fn.name) <= len(failing) + len(fn.spec.mutants)
 
 
 def test_garbage_output_gets_no_mistake_and_no_crash(assignments: dict[str, Assignment]) -> None:
