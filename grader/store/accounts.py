@@ -13,7 +13,7 @@ from typing import Optional
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from grader.store.db import utcnow
@@ -156,12 +156,15 @@ def create_token(session: Session, user: User, name: str = "") -> str:
     return token
 
 
+# Built once: every API request runs it, and building a statement (and its cache key) costs
+# about as much CPU as executing it.
+_TOKEN_ROW = select(ApiToken).options(joinedload(ApiToken.user)).where(ApiToken.token_hash == bindparam("token_hash"))
+
+
 def user_for_token(session: Session, token: str) -> Optional[User]:
     if not token or len(token) > 200:
         return None
-    row = session.scalar(
-        select(ApiToken).options(joinedload(ApiToken.user)).where(ApiToken.token_hash == _token_hash(token))
-    )
+    row = session.scalar(_TOKEN_ROW, {"token_hash": _token_hash(token)})
     if row is None or row.revoked or not row.user.active:
         return None
     now = utcnow()
