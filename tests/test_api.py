@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
@@ -453,6 +453,30 @@ def test_the_submission_limit_is_409_with_the_reason(client, session, student_to
     assert refused.status_code == 409
     assert refused.get_json()["detail"] == "You have used all 1 submissions for this assignment."
     assert count_submissions(session) == 1
+
+
+def test_the_student_is_locked_and_counted_only_under_a_limit(app, client, session, student_token):
+    """The lock that keeps concurrent submissions from racing past the limit, and the count,
+    cost two round trips per submission: without a limit there is nothing to enforce."""
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    vjp = assignment_in(session, "demo", "vjp")
+    event.listen(app.extensions["grader.engine"], "before_cursor_execute", seen)
+    try:
+        for limit in (None, 5):
+            vjp.max_submissions = limit
+            session.commit()
+            statements.clear()
+            assert post_file(client, student_token).status_code == 202
+            locks = [s for s in statements if s.startswith("UPDATE users SET id=users.id")]
+            counts = [s for s in statements if s.startswith("SELECT count(submissions.id)")]
+            assert (len(locks), len(counts)) == ((0, 0) if limit is None else (1, 1)), statements
+    finally:
+        event.remove(app.extensions["grader.engine"], "before_cursor_execute", seen)
+    assert count_submissions(session) == 2
 
 
 def test_submitting_is_rate_limited_per_user(sqlite_url, tmp_path):

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from grader.store import catalog
 from grader.store.db import make_engine, make_sessionmaker, utcnow
 from grader.store.models import Assignment, User
 from grader.store.submissions import create_submission, requeue_for_regrade
@@ -64,20 +65,24 @@ def dropped() -> OperationalError:
 
 
 def breaking(
-    sessions: sessionmaker[Session], after_commit_of: str = "", on_get: bool = False
+    sessions: sessionmaker[Session], after_commit_of: str = "", before: str = ""
 ) -> Callable[[], Session]:
     """Sessions whose connection breaks once: right after the server commits a transaction
     whose last statement contains `after_commit_of` (the worker never hears the COMMIT
-    succeed), or on the first `get` (the database went away after the claim)."""
-    armed = {"commit": bool(after_commit_of), "get": on_get}
+    succeed), or instead of the first statement that contains `before` (the database went
+    away after the claim)."""
+    armed = {"commit": bool(after_commit_of), "before": bool(before)}
 
     def make() -> Session:
         session = sessions()
-        real_execute, real_commit, real_get = session.execute, session.commit, session.get
+        real_execute, real_commit = session.execute, session.commit
         last = {"sql": ""}
 
         def execute(statement: Any, *args: Any, **kwargs: Any) -> Any:
             last["sql"] = str(statement)
+            if armed["before"] and before in last["sql"]:
+                armed["before"] = False
+                raise dropped()
             return real_execute(statement, *args, **kwargs)
 
         def commit() -> None:
@@ -86,15 +91,8 @@ def breaking(
                 armed["commit"] = False
                 raise dropped()
 
-        def get(*args: Any, **kwargs: Any) -> Any:
-            if armed["get"]:
-                armed["get"] = False
-                raise dropped()
-            return real_get(*args, **kwargs)
-
         session.execute = execute  # type: ignore[method-assign]
         session.commit = commit  # type: ignore[method-assign]
-        session.get = get  # type: ignore[method-assign]
         return session
 
     return make
@@ -155,9 +153,13 @@ def test_a_result_is_not_taken_for_ours_when_someone_else_graded_the_row(session
     assert (got.status, got.grade_count, got.score) == ("graded", 1, 6.0)
 
 
-def test_a_database_restart_between_the_claim_and_grading_is_waited_out(sessions, _no_sandbox):
+def test_a_database_restart_between_the_claim_and_grading_is_waited_out(sessions, _no_sandbox, monkeypatch, caplog):
     sid = submit(sessions)
-    outcome = tasks.grade_submission(breaking(sessions, on_get=True), sid)
+    # A worker that has not loaded this spec yet reads its files after the claim.
+    monkeypatch.setattr(catalog, "_loaded", {})
+    with caplog.at_level(logging.WARNING, logger="grader.worker"):
+        outcome = tasks.grade_submission(breaking(sessions, before="assignment_versions.files"), sid)
+    assert "the database is unreachable (Exception) in _spec" in caplog.text
     got = row(sessions, sid)
     # Before: OperationalError escaped the task and the row stayed running, claimed, until
     # its lease ended (300 s by default).

@@ -6,12 +6,15 @@ real worker processes."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from celery import signals as celery_signals
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
+from sqlalchemy import Engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from grader.config import Settings
@@ -30,6 +33,8 @@ from grader.store.submissions import (
     finish,
     release,
     requeue_for_regrade,
+    storable,
+    storable_json,
     stuck,
 )
 from worker import tasks
@@ -350,6 +355,63 @@ def test_a_grader_crash_is_retried_a_bounded_number_of_times(sessions):
     assert "ZeroDivisionError: oops" in (row(sessions, sid).error or "")
 
 
+def test_a_grading_is_two_statements_each_committing_alone(db_url, monkeypatch):
+    # The claim returns what grading needs, a loaded spec is not read again, and the
+    # worker's sessions autocommit: no read between the claim and the result, no
+    # BEGIN/COMMIT around either (each was a round trip of its own).
+    monkeypatch.setattr(tasks, "grade_bytes", lambda spec, source, seed, runner: a_result())
+    sessions = tasks.sessions_for(db_url)
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append((statement.split()[0], conn.get_execution_options().get("isolation_level")))
+
+    try:
+        first, second = submit(sessions), submit(sessions)
+        assert tasks.grade_submission(sessions, first, Runner()) == tasks.GRADED  # loads the spec
+        event.listen(Engine, "before_cursor_execute", record)
+        try:
+            assert tasks.grade_submission(sessions, second, Runner()) == tasks.GRADED
+        finally:
+            event.remove(Engine, "before_cursor_execute", record)
+        assert seen == [("UPDATE", "AUTOCOMMIT"), ("UPDATE", "AUTOCOMMIT")]
+        got = row(sessions, second)
+        assert (got.status, got.score, got.grade_count, got.lease_token) == ("graded", 8.0, 1, None)
+        assert got.result == a_result()
+    finally:
+        tasks.dispose_engines()
+
+
+def test_a_claim_carries_the_work_but_never_shows_the_source(sessions):
+    sid = submit(sessions)
+    with sessions() as s:
+        held = claim(s, sid)
+        version = s.get(Submission, sid).version  # type: ignore[union-attr]
+        assert held is not None
+        assert (held.work.source, held.work.version_id, held.work.version_number, held.work.version_digest) == (
+            CORRECT,
+            version.id,
+            version.number,
+            version.digest,
+        )
+        assert held.work.seed == row(sessions, sid).seed
+    assert "def " not in repr(held) and "def " not in repr(held.work)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        a_result(),
+        {"score": 1.0, "t": ("a", 2), 3: "int key", "é≤→": "non-ascii", "emoji": "\U0001F600", "bs": "a\\ud800 \\u0000"},
+        {"score": 0.0, "printed": "x\x00y", "keys": {"k\x00": ["\x00"]}},
+        {"score": 0.0, "printed": "lone \udcff surrogate", "nested": [{"e": "\ud800"}]},
+    ],
+    ids=["plain", "no-replacement", "nul", "surrogate"],
+)
+def test_the_stored_json_is_that_of_the_storable_result(result):
+    assert storable_json(result) == json.dumps(storable(result))
+
+
 def test_engines_are_made_once_per_process_and_forgotten_after_fork(sqlite_url):
     first = tasks.sessions_for(sqlite_url)
     assert tasks.sessions_for(sqlite_url) is first
@@ -380,6 +442,15 @@ def test_celery_is_configured_for_at_least_once_delivery():
     assert soft < hard < s.lease_seconds < conf.broker_transport_options["visibility_timeout"]
     assert conf.beat_schedule["sweep-stuck-submissions"]["task"] == "grader.sweep"
     assert {"grader.grade_submission", "grader.sweep"} <= set(app.tasks)
+
+
+@pytest.mark.parametrize("level,quiet", [(logging.INFO, True), (logging.WARNING, True), (logging.DEBUG, False)])
+def test_celerys_own_line_per_task_is_left_out_unless_debugging(level, quiet, monkeypatch):
+    loggers = [logging.getLogger(name) for name in ("celery.worker.strategy", "celery.app.trace")]
+    for logger in loggers:
+        monkeypatch.setattr(logger, "level", logging.NOTSET)
+    celery_signals.setup_logging.send(sender=None, loglevel=level, logfile=None, format="", colorize=False)
+    assert [logger.level for logger in loggers] == [logging.WARNING if quiet else logging.NOTSET] * 2
 
 
 def test_time_limits_follow_the_lease():

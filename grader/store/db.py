@@ -4,6 +4,7 @@ embedded default). Plain SQLAlchemy, so the worker and the CLI use it without Fl
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Optional
 
 from sqlalchemy import DateTime, Engine, create_engine, event
@@ -43,11 +44,22 @@ def normalize_url(url: str) -> str:
     return url
 
 
+class JsonText(str):
+    """A JSON document already serialised, for a JSON column: stored as it is, where any other
+    value is serialised first. The worker serialises a result once, to check it is storable,
+    and does not pay for it a second time."""
+
+
+def _json_dumps(value: Any) -> str:
+    return value if isinstance(value, JsonText) else json.dumps(value)
+
+
 PG_CONNECT_TIMEOUT = 10  # seconds to establish a PostgreSQL connection
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_url(url)
+    kwargs.setdefault("json_serializer", _json_dumps)
     if url.startswith("sqlite"):
         # Web threads and the worker share one file: wait for locks instead of failing.
         kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})

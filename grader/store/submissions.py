@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from grader import logs
 from grader.grade import MAX_SOURCE_BYTES, new_seed
 from grader.policy import LatePolicy, NotAccepted, check_accepting, counting, effective_due
-from grader.store.db import utcnow
-from grader.store.models import Assignment, Extension, Submission, User
+from grader.store.db import JsonText, UTCDateTime, utcnow
+from grader.store.models import Assignment, AssignmentVersion, Extension, Submission, User
 
 log = logging.getLogger("grader.submissions")
 
@@ -53,19 +54,27 @@ def assignment_policy(assignment: Assignment, extension: Optional[dt.datetime] =
     )
 
 
+# Statements every submission runs, built once: building one (and its cache key) costs about
+# as much CPU as executing it.
+_EXTENSION = select(Extension.due_at).where(
+    Extension.assignment_id == bindparam("assignment_id"), Extension.user_id == bindparam("user_id")
+)
+_USED = select(func.count(Submission.id)).where(
+    Submission.assignment_id == bindparam("assignment_id"), Submission.user_id == bindparam("user_id")
+)
+# Sets each row's id to itself: nothing in the session to bring up to date.
+_LOCK_USER = (
+    update(User).where(User.id == bindparam("user_id")).values(id=User.id).execution_options(synchronize_session=False)
+)
+
+
 def policy_for(session: Session, assignment: Assignment, user_id: int) -> LatePolicy:
-    ext = session.scalar(
-        select(Extension.due_at).where(Extension.assignment_id == assignment.id, Extension.user_id == user_id)
-    )
+    ext = session.scalar(_EXTENSION, {"assignment_id": assignment.id, "user_id": user_id})
     return assignment_policy(assignment, ext)
 
 
 def used_submissions(session: Session, assignment_id: int, user_id: int) -> int:
-    return session.scalar(
-        select(func.count(Submission.id)).where(
-            Submission.assignment_id == assignment_id, Submission.user_id == user_id
-        )
-    ) or 0
+    return session.scalar(_USED, {"assignment_id": assignment_id, "user_id": user_id}) or 0
 
 
 def counting_id(session: Session, assignment_id: int, user_id: int) -> Optional[int]:
@@ -101,16 +110,20 @@ def create_submission(
     if assignment.current_version_id is None:
         raise NotAccepted("this assignment has no spec yet")
     if enforce:
-        # Serialise a student's concurrent submissions so the limit cannot be raced past: a
-        # no-op UPDATE of their row locks it on PostgreSQL and takes SQLite's write lock
-        # (SELECT ... FOR UPDATE is ignored there) before anything is counted.
-        session.execute(update(User).where(User.id == user.id).values(id=User.id))
+        limited = assignment.max_submissions is not None
+        if limited:
+            # Serialise a student's concurrent submissions so the limit cannot be raced past:
+            # a no-op UPDATE of their row locks it on PostgreSQL and takes SQLite's write lock
+            # (SELECT ... FOR UPDATE is ignored there) before anything is counted. Without a
+            # limit there is nothing to count or race: no lock, no count (two round trips,
+            # and a dead row version of the user per submission).
+            session.execute(_LOCK_USER, {"user_id": user.id})
         check_accepting(
             now,
             assignment.published,
             assignment.open_at,
             policy_for(session, assignment, user.id),
-            used_submissions(session, assignment.id, user.id),
+            used_submissions(session, assignment.id, user.id) if limited else 0,
             assignment.max_submissions,
         )
     submission = Submission(
@@ -148,10 +161,87 @@ def _clean_filename(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Work:
+    """What grading a claimed row needs, read by the claim's own statement. The source and
+    the last problem seen are kept out of the repr: they never reach a log line."""
+
+    source: bytes = field(repr=False)
+    seed: int
+    last_error: Optional[str] = field(repr=False)
+    version_id: int
+    version_number: int
+    version_digest: str
+
+
+@dataclass(frozen=True)
 class Claim:
     submission_id: int
     token: str
     attempt: int
+    work: Work = field(repr=False, compare=False)
+
+
+# The worker's two statements per grading, the claim and the result, are built once as
+# Core statements with bound parameters: building an ORM statement for each task, and
+# executing it through the ORM's bulk-update path, cost more CPU than the round trip.
+_rows = Submission.__table__.c
+_versions = AssignmentVersion.__table__.c
+
+
+def _of_version(column: Any) -> Any:
+    return select(column).where(_versions.id == _rows.version_id).correlate(Submission.__table__).scalar_subquery()
+
+
+# What a claim returns: the claimed row's timings for the log line and everything grading
+# needs, so the worker makes no second read (a round trip, and a transaction, per task).
+_CLAIMED = (
+    _rows.attempts,
+    _rows.submitted_at,
+    _rows.enqueued_at,
+    _rows.grade_count,
+    _rows.source,
+    _rows.seed,
+    _rows.error,
+    _rows.version_id,
+    _of_version(_versions.number).label("version_number"),
+    _of_version(_versions.digest).label("version_digest"),
+)
+_NOW = bindparam("now", type_=UTCDateTime)
+_CLAIM = (
+    update(Submission.__table__)
+    .where(
+        _rows.id == bindparam("submission_id"),
+        or_(_rows.status == "queued", and_(_rows.status == "running", _rows.lease_expires_at < _NOW)),
+    )
+    .values(
+        status="running",
+        lease_token=bindparam("token"),
+        lease_expires_at=bindparam("expires", type_=UTCDateTime),
+        attempts=_rows.attempts + 1,
+        started_at=_NOW,
+        claimed_by=bindparam("worker"),
+    )
+    .returning(*_CLAIMED)
+)
+_CLAIMED_BY = select(*_CLAIMED).where(
+    _rows.id == bindparam("submission_id"), _rows.lease_token == bindparam("token"), _rows.status == "running"
+)
+_FINISH = (
+    update(Submission.__table__)
+    .where(_rows.id == bindparam("submission_id"), _rows.lease_token == bindparam("token"), _rows.status == "running")
+    .values(
+        status="graded",
+        score=bindparam("score"),
+        max_score=bindparam("max"),
+        result=bindparam("document"),
+        error=None,
+        lease_token=None,
+        lease_expires_at=None,
+        graded_at=_NOW,
+        grade_count=_rows.grade_count + 1,
+    )
+    .returning(_rows.submitted_at)
+)
 
 
 def claim(
@@ -172,55 +262,34 @@ def claim(
     now = now or utcnow()
     worker = (worker or logs.process_id())[:100]
     token = token or str(uuid.uuid4())
-    result = session.execute(
-        update(Submission)
-        .where(
-            Submission.id == submission_id,
-            or_(
-                Submission.status == "queued",
-                and_(Submission.status == "running", Submission.lease_expires_at < now),
-            ),
-        )
-        .values(
-            status="running",
-            lease_token=token,
-            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-            attempts=Submission.attempts + 1,
-            started_at=now,
-            claimed_by=worker,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if result.rowcount != 1 and not _held_by(session, submission_id, token):  # type: ignore[attr-defined]
-        return None
+    params = {"submission_id": submission_id, "token": token}
     found = session.execute(
-        select(Submission.attempts, Submission.submitted_at, Submission.enqueued_at, Submission.grade_count).where(
-            Submission.id == submission_id
-        )
+        _CLAIM, {**params, "now": now, "expires": now + dt.timedelta(seconds=lease_seconds), "worker": worker}
     ).one_or_none()
-    if found is None:  # deleted since the UPDATE: nothing to time
-        log_event("claimed", submission_id, attempt=1, worker=worker)
-        return Claim(submission_id, token, 1)
-    attempt = found.attempts or 1
+    session.commit()
+    if found is None:
+        found = session.execute(_CLAIMED_BY, params).one_or_none()
+        session.commit()  # nothing stays open in the database while the row is graded
+        if found is None:
+            return None
     log_event(
         "claimed",
         submission_id,
-        attempt=attempt,
+        attempt=found.attempts,
         worker=worker,
         wait_ms=_ms(now, found.submitted_at),
         queued_ms=_ms(now, found.enqueued_at),
         regrade=True if found.grade_count > 0 else None,
     )
-    return Claim(submission_id, token, attempt)
-
-
-def _held_by(session: Session, submission_id: int, token: str) -> bool:
-    return session.scalar(
-        select(func.count())
-        .select_from(Submission)
-        .where(Submission.id == submission_id, Submission.lease_token == token, Submission.status == "running")
-    ) == 1
+    work = Work(
+        source=found.source,
+        seed=found.seed,
+        last_error=found.error,
+        version_id=found.version_id,
+        version_number=found.version_number,
+        version_digest=found.version_digest,
+    )
+    return Claim(submission_id, token, found.attempts, work)
 
 
 def _written(session: Session, held: Claim, status: str, stamp: Any, now: dt.datetime) -> bool:
@@ -255,34 +324,40 @@ def storable(value: Any) -> Any:
     return value
 
 
+def storable_json(result: dict[str, Any]) -> JsonText:
+    """`json.dumps(storable(result))`, the text the result is stored as, without walking
+    the result in Python unless it needs it: json.dumps escapes every character outside
+    ASCII, so a NUL shows as `\\u0000` and any surrogate as `\\udxxx`; with neither in the
+    text, storable() would change no string. (A false alarm, e.g. a printed backslash
+    followed by `ud`, only takes the slow path.)"""
+    text = json.dumps(result)
+    if "\\u0000" in text or "\\ud" in text:
+        text = json.dumps(storable(result))
+    return JsonText(text)
+
+
 def finish(session: Session, held: Claim, result: dict[str, Any], now: Optional[dt.datetime] = None) -> bool:
     """Write the grading result, only while the lease is still ours. Commits. A caller that
     tries again after a broken connection passes the same `now` each time (see `_written`)."""
     now = now or utcnow()
-    result = storable(result)
-    done = session.execute(
-        update(Submission)
-        .where(Submission.id == held.submission_id, Submission.lease_token == held.token, Submission.status == "running")
-        .values(
-            status="graded",
-            score=float(result["score"]),
-            max_score=float(result["max_score"]),
-            result=result,
-            error=None,
-            lease_token=None,
-            lease_expires_at=None,
-            graded_at=now,
-            grade_count=Submission.grade_count + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    submitted_at = session.execute(
+        _FINISH,
+        {
+            "submission_id": held.submission_id,
+            "token": held.token,
+            "score": float(result["score"]),
+            "max": float(result["max_score"]),
+            "document": storable_json(result),
+            "now": now,
+        },
+    ).scalar_one_or_none()
     session.commit()
-    ok = done.rowcount == 1 or _written(session, held, "graded", Submission.graded_at, now)  # type: ignore[attr-defined]
-    if not ok:
-        log_event("lease_lost", held.submission_id, logging.WARNING, attempt=held.attempt, outcome="graded")
-        return False
+    if submitted_at is None:
+        if not _written(session, held, "graded", Submission.graded_at, now):
+            log_event("lease_lost", held.submission_id, logging.WARNING, attempt=held.attempt, outcome="graded")
+            return False
+        submitted_at = session.scalar(select(Submission.submitted_at).where(Submission.id == held.submission_id))
     timing = result.get("timing") if isinstance(result.get("timing"), dict) else {}
-    submitted_at = session.scalar(select(Submission.submitted_at).where(Submission.id == held.submission_id))
     log_event(
         "graded",
         held.submission_id,
