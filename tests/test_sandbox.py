@@ -625,6 +625,30 @@ def test_cpu_pressure_tells_a_contended_machine_from_an_idle_one(monkeypatch: py
     assert pressure.contended() is False  # no time has passed
 
 
+def test_scratch_cleanup_removes_empty_full_and_locked_trees(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An empty scratch takes the one-syscall path; anything else still goes, whatever its
+    # modes, and a symlink in its place or a missing one behaves as before.
+    zygote = _zygote_module(monkeypatch)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    zygote.remove_tree(str(empty))
+    full = tmp_path / "full"
+    (full / "a" / "b").mkdir(parents=True)
+    (full / "a" / "b" / "f").write_text("x")
+    (full / "g").write_text("y")
+    (full / "a" / "b").chmod(0o500)
+    (full / "a").chmod(0)
+    zygote.remove_tree(str(full))
+    zygote.remove_tree(str(tmp_path / "missing"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(zygote.Retire):
+        zygote.remove_tree(str(tmp_path / "link"))
+    assert target.is_dir()
+
+
 def test_what_a_call_prints_goes_to_a_file_with_no_name(runner: SandboxRunner) -> None:
     # The capture file is unnamed: nothing in scratch to find, rename or fill besides it.
     body = "print('listed', sorted(os.listdir('.')), os.fstat(1).st_nlink, os.fstat(1).st_ino == os.fstat(2).st_ino)\nreturn 2 * x\n"

@@ -16,6 +16,9 @@ import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# Resolved here, in the zygote: a child looking it up first would build and cache the
+# function object itself, dirtying shared pages (copy-on-write faults) to confine itself.
+_libc.prctl.restype = ctypes.c_int
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
