@@ -135,8 +135,10 @@ class Recogniser:
             if key not in self._cache:
                 try:
                     self._cache[key] = mutant_outputs(self.fn, m, o.trial)
-                except (ValueError, ArithmeticError):
-                    # A mutant that cannot be evaluated on this trial explains nothing.
+                except (ValueError, ArithmeticError, TypeError, MemoryError):
+                    # A mutant that cannot be evaluated on this trial explains nothing, and
+                    # only it: the others are still tried. (Mutants are derived lazily, so
+                    # whether a later trial is reached must not change what is recognised.)
                     self._cache[key] = None
             cached = self._cache[key]
             if cached is None:

@@ -177,6 +177,27 @@ def test_a_mutant_that_misses_a_trial_is_not_derived_on_the_others(
         assert derived.count(fn.name) <= len(failing) + len(fn.spec.mutants)
 
 
+@pytest.mark.parametrize("from_trial", [0, 5])
+def test_a_mutant_that_cannot_be_evaluated_does_not_hide_the_others(
+    from_trial: int, assignments: dict[str, Assignment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An instructor's mutant may raise on some trials. It then explains nothing, but the
+    # mutant that does explain the mistake is still named, whether the broken one fails on
+    # the first trial it is asked about or only on a later one.
+    real = mistakes.mutant_outputs
+    broken = next(i for i, m in enumerate(assignments["mlp"].functions[0].spec.mutants) if m.name != "regularisation term missing")
+
+    def failing(fn: Any, m: int, trial: Any) -> list[Any]:
+        if m == broken and trial.index >= from_trial:
+            raise TypeError("this mutant cannot be evaluated here")
+        return real(fn, m, trial)
+
+    monkeypatch.setattr(mistakes, "mutant_outputs", failing)
+    result = grade_bytes(assignments["mlp"], (SUBMISSIONS / "mlp" / "wrong_no_reg.py").read_bytes(), seed=3)
+    outputs = {o["name"]: o["mistakes"] for o in result["parts"][0]["outputs"]}
+    assert outputs["W2"] == outputs["W1"] == ["regularisation term missing"]
+
+
 def test_garbage_output_gets_no_mistake_and_no_crash(assignments: dict[str, Assignment]) -> None:
     fn, trials = _matmul(assignments)
     dx = fn.leaves[0]
