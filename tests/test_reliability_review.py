@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from grader.store import catalog
+from grader.store import specs
 from grader.store.db import make_engine, make_sessionmaker, utcnow
 from grader.store.models import Assignment, User
 from grader.store.submissions import create_submission, requeue_for_regrade
@@ -156,7 +156,7 @@ def test_a_result_is_not_taken_for_ours_when_someone_else_graded_the_row(session
 def test_a_database_restart_between_the_claim_and_grading_is_waited_out(sessions, _no_sandbox, monkeypatch, caplog):
     sid = submit(sessions)
     # A worker that has not loaded this spec yet reads its files after the claim.
-    monkeypatch.setattr(catalog, "_loaded", {})
+    monkeypatch.setattr(specs, "_loaded", {})
     with caplog.at_level(logging.WARNING, logger="grader.worker"):
         outcome = tasks.grade_submission(breaking(sessions, before="assignment_versions.files"), sid)
     assert "the database is unreachable (Exception) in _spec" in caplog.text

@@ -42,7 +42,7 @@ from grader.runner.session import SandboxFailure
 from grader.sandbox import FIXES, SandboxUnavailable, probe_host, required_layers
 from grader.spec import Assignment as LoadedSpec
 from grader.spec import SpecError
-from grader.store import catalog
+from grader.store import specs
 from grader.store.db import make_engine, make_sessionmaker, utcnow
 from grader.store.models import AssignmentVersion
 from grader.store import submissions as store
@@ -266,12 +266,12 @@ def _spec(session: Session, work: Work) -> Optional[LoadedSpec]:
     only the first time this process meets its digest, and that read's transaction ends
     here (nothing is held open in the database while grading). Waits out a database restart
     like the claim: otherwise the row would stay running, claimed, until its lease ends."""
-    spec = catalog.cached_spec(work.version_digest)
+    spec = specs.cached(work.version_digest)
     if spec is not None:
         return spec
     files = session.execute(select(AssignmentVersion.files).where(AssignmentVersion.id == work.version_id)).scalar()
     session.commit()
-    return None if files is None else catalog.spec_from_files(files, work.version_digest)
+    return None if files is None else specs.load_files(files, known_digest=work.version_digest)
 
 
 def _close_quietly(runner: Runner) -> None:

@@ -4,7 +4,6 @@ the built-ins into a course, and the loaded spec a submission is graded against.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -105,33 +104,12 @@ def add_version(
     return version
 
 
-# Loaded specs by digest. The digest names the files' contents, so a worker that knows a
-# version's digest (its claim returns it) needs the files, tens of kilobytes of JSON read
-# from the database, only the first time it meets that digest.
-_loaded: dict[str, LoadedSpec] = {}
-_loaded_lock = threading.Lock()
-
-
-def cached_spec(digest: str) -> Optional[LoadedSpec]:
-    """The spec with this digest, if this process has loaded it already."""
-    return _loaded.get(digest)
-
-
-def spec_from_files(files: specs.SpecFiles, digest: str) -> LoadedSpec:
-    """Load a stored version's files (SpecError when they do not load) and remember the
-    spec under its digest."""
-    spec = specs.load_files(files, known_digest=digest)
-    with _loaded_lock:
-        if len(_loaded) > 256:
-            _loaded.clear()
-        _loaded[digest] = spec
-    return spec
-
-
 def loaded_spec(version: AssignmentVersion) -> LoadedSpec:
-    """The spec a submission is graded against, loaded once per process."""
-    spec = cached_spec(version.digest)
-    return spec if spec is not None else spec_from_files(version.files, version.digest)
+    """The spec a submission is graded against, loaded once per process. The cache is keyed
+    by digest, so a version's files (tens of kilobytes read from the database) are only
+    loaded the first time."""
+    spec = specs.cached(version.digest)
+    return spec if spec is not None else specs.load_files(version.files, known_digest=version.digest)
 
 
 def install_builtins(

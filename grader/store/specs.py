@@ -135,11 +135,17 @@ def cache_root() -> Path:
     return root
 
 
+def cached(known_digest: str) -> Optional[Assignment]:
+    """The assignment with this digest if this process has loaded it already: a caller that
+    knows a version's digest (a worker's claim returns it) need not read its files."""
+    with _cache_lock:
+        return _loaded.get(known_digest)
+
+
 def load_files(files: SpecFiles, known_digest: Optional[str] = None) -> Assignment:
     """A loaded assignment for stored spec files; cached per process by digest."""
     key = known_digest or digest(files)
-    with _cache_lock:
-        hit = _loaded.get(key)
+    hit = cached(key)
     if hit is not None:
         return hit
     folder = cache_root() / key
