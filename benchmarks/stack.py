@@ -101,7 +101,8 @@ def _start_time(pid: int) -> Optional[int]:
         return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -115,7 +116,7 @@ def descendants(pid: int) -> list[int]:
     """Every live process under `pid` (children, their children, ...)."""
     out, todo = [], [pid]
     while todo:
-        for child in _children(todo.pop()):
+        for child in children(todo.pop()):
             out.append(child)
             todo.append(child)
     return out
@@ -185,7 +186,7 @@ class Stack:
         """The Celery pool processes (the ones that grade), children of the worker."""
         worker = self._service("worker")
         beat = self._beat_pid(worker)
-        return [pid for pid in _children(worker.proc.pid) if pid != beat]
+        return [pid for pid in children(worker.proc.pid) if pid != beat]
 
     def _beat_pid(self, worker: _Service) -> Optional[int]:
         # The embedded beat is a forked child like the pool's, with the same command line;

@@ -18,6 +18,10 @@ import pytest
 from grader.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.stack import children  # noqa: E402  (re-exported: chaos and the tests use it)
 
 # Short timings for the fault tests: a lease of 10 s (Celery limits 8 s / 9 s), sweeps every
 # second, a queued row re-sent after 2 s without a worker.
@@ -121,16 +125,6 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for proc in started:
         proc.stop(timeout=5)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
 
 
 def cmdline(pid: int) -> str:
