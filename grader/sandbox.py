@@ -333,6 +333,7 @@ class _Zygote:
             raise SandboxFailure(f"the sandbox did not start: {err or 'no ready message'}")
         self.next_id = 0
         self.outstanding: set[int] = set()  # children whose exit has not been reported yet
+        self.shared_memory_used = (0, 0)  # by the last job: (input, output) bytes
 
     def settle(self, timeout: float, allow: int = 0) -> bool:
         """Collect the exit reports of finished children, oldest first, until at most
@@ -427,7 +428,8 @@ class _Zygote:
 class _ZygoteChild:
     """A ChildHandle for one job: the zygote's pre-forked, already confined spare. The
     request goes out at once; its answer (the spare's pipes) is collected in `connect`,
-    so the zygote's round trip overlaps encoding the job."""
+    so the zygote's round trip overlaps encoding the job. The request carries what the
+    previous job used of its shared memory, which spares forked from now on reserve."""
 
     reports_confinement = True
     shared_memory = True  # hands over the child's two memfds (see protocol.InputRegion)
@@ -440,7 +442,7 @@ class _ZygoteChild:
         self.status: Optional[int] = None
         self.fds: list[int] = []
         try:
-            zygote.send({"op": "run", "id": self.id})
+            zygote.send({"op": "run", "id": self.id, "expect": list(zygote.shared_memory_used)})
         except OSError as exc:
             raise SandboxFailure(f"the sandbox zygote is gone: {exc}") from None
         zygote.outstanding.add(self.id)
@@ -453,6 +455,14 @@ class _ZygoteChild:
             raise SandboxFailure("the sandbox zygote did not hand over a child")
         self.fds = reply[1]
         self.job_fd, self.result_fd, self.input_fd, self.output_fd = self.fds
+
+    def close_input(self) -> None:
+        if len(self.fds) == 4 and self.fds[2] >= 0:
+            os.close(self.fds[2])
+            self.fds[2] = self.input_fd = -1
+
+    def shared_memory_used(self, input_bytes: int, output_bytes: int) -> None:
+        self.zygote.shared_memory_used = (input_bytes, output_bytes)
 
     def kill(self) -> None:
         if self.status is None:
@@ -474,6 +484,8 @@ class _ZygoteChild:
         # The exit report is collected later (SandboxRunner.run settles before each job),
         # keeping the child's teardown off this submission's critical path.
         for fd in self.fds:
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:

@@ -18,11 +18,16 @@ packet. `run` answers `started` with the spare's pipe ends (SCM_RIGHTS): the wri
 its job pipe and the read end of its result pipe, so the child's data flows straight to
 the parent and the zygote never handles it; and its two memfds, empty, for large arrays
 (the parent fills and seals the input one, sizes and seals the output one; the zygote
-keeps no copy). `kill` SIGKILLs a child, `ping` checks
-health; the zygote reports `exited` with the raw wait status. The child applies its job's
+keeps no copy). `run` may carry
+`expect`, the bytes of shared memory the parent's previous job used ([input, output]): new
+spares reserve that many pages in their memfds while they wait, so neither the parent
+filling the input nor the child writing its results allocates them on the critical path.
+`kill` SIGKILLs a child, `ping` checks health; the zygote reports `exited` with the raw
+wait status. The child applies its job's
 rlimits after reading the job, before loading the student's file.
 """
 
+import ctypes
 import fcntl
 import gc
 import json
@@ -47,6 +52,12 @@ MIN_FREE_FRACTION = 0.5  # of scratch blocks and inodes; below it the zygote ret
 SPARES = 2
 CPU_PRESSURE = "/proc/pressure/cpu"
 CONTENDED = 0.5  # share of the time some task waited for a CPU, above which CPUs are scarce
+MAX_RESERVE = 8 << 20  # bytes a spare reserves per memfd, at most: the cgroup counts them
+FALLOC_FL_KEEP_SIZE = 1
+
+_fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+_fallocate.restype = ctypes.c_int
 
 
 class Retire(Exception):
@@ -148,6 +159,7 @@ class Zygote:
         self.replenish = False  # a job's child has exited: fork spares up to SPARES
         self.serial = 0
         self.pressure = CpuPressure()
+        self.reserve = (0, 0)  # bytes new spares reserve in their (input, output) memfds
 
     def make_spare(self):
         self.serial += 1
@@ -177,13 +189,20 @@ class Zygote:
         if pid == 0:
             code = 70
             try:
-                code = run_child(job_r, result_w, scratch, self.config, (input_fd, output_fd), full, inherited)
+                code = run_child(job_r, result_w, scratch, self.config, (input_fd, output_fd), full, inherited,
+                                 self.reserve)
             finally:
                 os._exit(code)
         os.close(job_r)
         os.close(result_w)
         self.children[pid] = (None, scratch)
         self.spares.append((pid, (job_w, result_r, input_fd, output_fd)))
+
+    def expect(self, sizes):
+        """Remember what the parent's last job used of each memfd (its hint may be absent
+        or malformed: then nothing is reserved)."""
+        if isinstance(sizes, list) and len(sizes) == 2 and all(type(n) is int and n >= 0 for n in sizes):
+            self.reserve = tuple(min(n, MAX_RESERVE) for n in sizes)
 
     def run(self, job_id):
         if not self.spares:
@@ -262,6 +281,8 @@ class Zygote:
             message = json.loads(data.decode("utf-8"))
             op = message.get("op")
             if op == "run":
+                if "expect" in message:
+                    self.expect(message["expect"])
                 self.run(message["id"])
             elif op == "kill":
                 self.kill(message.get("id"))
@@ -312,9 +333,20 @@ def close_all_but(keep, open_fds=None):
                 pass
 
 
-def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up, inherited):
+def reserve_pages(regions, sizes):
+    """Allocate the first `sizes` bytes of each memfd without changing its size (it stays
+    empty, as the parent expects it): the parent's writes and the child's results then fill
+    pages that exist. Best effort: a file system or kernel without it, or a parent that has
+    already sealed the file, leaves it as it was."""
+    for fd, size in zip(regions, sizes):
+        if size > 0:
+            _fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size)
+
+
+def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up, inherited, reserve=(0, 0)):
     """A spare's life: confine itself (closing `inherited`, the fds the zygote held when it
-    forked, but its own), warm up, then run the job it is given."""
+    forked, but its own), reserve the shared memory its job will likely need, warm up, then
+    run the job it is given."""
     os.setsid()  # its own process group and session: a kill(0) can never reach the zygote
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -335,6 +367,7 @@ def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up, inherit
     child.write_frame(result_fd, {"kind": "confined"}, [])
     output = child.Output(2048)  # the capture file, made while still a spare
     buffer = bytearray(JOB_BUFFER)  # zero-filled: its pages are faulted in now, not in the job
+    reserve_pages(regions, reserve)
     # Copy-on-write faults of the harness's hot paths, off the critical path; cut short
     # when the job arrives (jobs back to back), which it must not delay.
     child.warm_up(stop=lambda: bool(select.select([job_fd], [], [], 0)[0]), full=full_warm_up)
