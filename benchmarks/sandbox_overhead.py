@@ -1,6 +1,6 @@
 """Per-submission cost of running student code three ways, measured in one run.
 
-    ./dev bench-sandbox [--runs N] [--assignment ID ...]
+    ./dev bench-sandbox [--runs N] [--rounds R] [--assignment ID ...]
 
 For a correct submission of each built-in assignment with all of its trials (the same job
 each time, run back to back), prints the median wall-clock milliseconds of:
@@ -13,6 +13,9 @@ each time, run back to back), prints the median wall-clock milliseconds of:
   fresh        SubprocessRunner: a fresh interpreter (python + NumPy import) per submission
 and the ratios; then the CPU milliseconds per paced submission of the trusted parent
 (its process time) and of the sandbox (bwrap, the zygote and its children, from /proc).
+The four are measured in R interleaved rounds (each a 1/R share of every kind), so that a
+shared machine speeding up or slowing down during the run moves them all alike, instead
+of skewing the ratios of whichever kind happened to run in a slow minute.
 Target on a 2-core machine: the sandbox adds at most 10 ms per submission over in-process
 and is at least 15x cheaper than a fresh interpreter.
 """
@@ -80,6 +83,11 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def share(total: int, rounds: int, index: int) -> int:
+    """Round `index`'s part of `total` runs split over `rounds` (the parts add up)."""
+    return total * (index + 1) // rounds - total * index // rounds
+
+
 def paced_cpu(sandbox: SandboxRunner, job: Job, runs: int, gap: float) -> tuple[list[float], float, float]:
     """Wall milliseconds of each paced run, and CPU milliseconds per run of the parent and
     of the sandbox's processes."""
@@ -98,9 +106,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--assignment", nargs="*", default=sorted(SOLUTIONS), choices=sorted(SOLUTIONS))
     parser.add_argument("--gap-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the runs are split into")
     args = parser.parse_args()
+    if args.runs < 1 or not 1 <= args.rounds <= args.runs:
+        parser.error("--runs must be at least 1 and --rounds between 1 and --runs")
+    fresh_runs = max(5, args.runs // 4, args.rounds)
     print(f"machine: {machine()}")
-    print(f"median of {args.runs} runs (fresh: {max(5, args.runs // 4)}); milliseconds per submission\n")
+    print(f"median of {args.runs} runs (fresh: {fresh_runs}) in {args.rounds} interleaved rounds; milliseconds per submission\n")
     print(
         f"{'job':<6} {'calls':>5} {'in-process':>11} {'sandbox':>9} {'p90':>7} {'paced':>7} {'fresh':>8} "
         f"{'added':>7} {'fresh/sandbox':>14} {'fresh/paced':>12} {'cpu: parent':>12} {'sandbox':>8}"
@@ -113,12 +125,17 @@ def main() -> None:
             report = sandbox.run(job)  # warm-up (the first also starts the zygote)
             assert all(c.status == "ok" for c in report.calls), [c.status for c in report.calls]
             in_process(job)
-            results = {
-                "in-process": timed(lambda: in_process(job), args.runs),
-                "sandbox": timed(lambda: sandbox.run(job), args.runs),
-            }
-            results["paced"], parent_cpu, sandbox_cpu = paced_cpu(sandbox, job, args.runs, args.gap_ms / 1000)
-            results["fresh"] = timed(lambda: fresh.run(job), max(5, args.runs // 4))
+            results: dict[str, list[float]] = {"in-process": [], "sandbox": [], "paced": [], "fresh": []}
+            parent_cpu = sandbox_cpu = 0.0
+            for index in range(args.rounds):
+                runs = share(args.runs, args.rounds, index)
+                results["in-process"] += timed(lambda: in_process(job), runs)
+                results["sandbox"] += timed(lambda: sandbox.run(job), runs)
+                samples, parent, inside = paced_cpu(sandbox, job, runs, args.gap_ms / 1000)
+                results["paced"] += samples
+                parent_cpu += parent * runs / args.runs
+                sandbox_cpu += inside * runs / args.runs
+                results["fresh"] += timed(lambda: fresh.run(job), share(fresh_runs, args.rounds, index))
             med = {k: statistics.median(v) for k, v in results.items()}
             spread = sorted(results["sandbox"])
             p90 = spread[int(0.9 * (len(spread) - 1))]

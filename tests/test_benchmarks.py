@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import deadline_burst, steady_load  # noqa: E402
+from benchmarks import deadline_burst, sandbox_overhead, steady_load  # noqa: E402
 from benchmarks import cpu  # noqa: E402
 from benchmarks.cpu import Snapshot, cpu_by_component  # noqa: E402
 from benchmarks.common import DEFAULT_MIX, corpus, parse_mix, percentile, plan  # noqa: E402
@@ -137,6 +137,32 @@ def _leftovers(tag: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
+def test_the_sandbox_benchmark_interleaves_its_rounds(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Each round runs a share of every kind, so a machine that slows down mid-run slows
+    # them all alike; the shares add up to the runs asked for.
+    assert [sandbox_overhead.share(7, 3, i) for i in range(3)] == [2, 2, 3]
+    assert sum(sandbox_overhead.share(150, 5, i) for i in range(5)) == 150
+    order: list[int] = []
+    real_timed = sandbox_overhead.timed
+
+    def timed(fn, runs: int, gap: float = 0.0) -> list[float]:  # type: ignore[no-untyped-def]
+        order.append(fn.__code__.co_firstlineno)  # which kind: each has its own lambda
+        return real_timed(fn, runs, gap)
+
+    monkeypatch.setattr(sandbox_overhead, "timed", timed)
+    monkeypatch.setattr(sys, "argv", ["bench-sandbox", "--runs", "4", "--rounds", "2", "--assignment", "gates"])
+    sandbox_overhead.main()
+    printed = capsys.readouterr().out
+    assert "median of 4 runs (fresh: 5) in 2 interleaved rounds" in printed
+    (row,) = [line.split() for line in printed.splitlines() if line.startswith("gates ")]
+    assert len(row) == 12 and row[8].endswith("x") and row[9].endswith("x")
+    # in-process, back to back, paced, fresh; then again: never one kind all at once
+    assert len(order) == 8 and order[:4] == order[4:] and len(set(order)) == 4
+    monkeypatch.setattr(sys, "argv", ["bench-sandbox", "--runs", "2", "--rounds", "3"])
+    with pytest.raises(SystemExit):
+        sandbox_overhead.main()
+
+
 def test_a_tiny_burst_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "burst.json"
     code = deadline_burst.main(
