@@ -553,6 +553,52 @@ def test_a_spare_warming_up_beside_a_running_job_skips_compiling(child, monkeypa
         child.warm_up()
 
 
+def test_the_zygote_imports_nothing_that_costs_every_child(tmp_path) -> None:
+    # Each module the zygote holds makes every fork and exit dearer, and random's at-fork
+    # hook reseeds it in every child: tempfile (which brings random) and shutil are
+    # imported only on the rare paths that need them.
+    import subprocess
+    import sys
+
+    harness = os.path.dirname(CHILD)
+    site = os.path.dirname(os.path.dirname(np.__file__))
+    probe = (
+        f"import sys; sys.path[:0] = [{harness!r}, {site!r}]; import zygote, child, confine; "
+        "print(sorted(m for m in ('random', 'tempfile', 'shutil') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_output_capture_works_without_o_tmpfile(child) -> None:
+    # A file system without O_TMPFILE: the capture file comes from tempfile instead.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe
+        try:
+            real_open = os.open
+
+            def no_tmpfile(path, flags, *args):
+                if flags & os.O_TMPFILE == os.O_TMPFILE:
+                    raise IsADirectoryError(path)
+                return real_open(path, flags, *args)
+
+            os.chdir(os.environ.get("TMPDIR", "/tmp"))
+            child.os.open = no_tmpfile
+            output = child.Output(64)
+            os.write(1, b"printed " * 20)  # fd 1: pytest has replaced sys.stdout
+            text, dropped = output.collect()
+            os.write(write_end, json.dumps([text, dropped]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    report = os.read(read_end, 4096)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert json.loads(report) == [("printed " * 20)[:64], 160 - 64]
+
+
 def encoded(child, value: Any) -> tuple[str, Any]:
     """What the child's encoder writes for `value` (JSON text), and what the parent makes
     of it, through a frame as the child writes it."""

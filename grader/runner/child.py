@@ -38,7 +38,6 @@ import mmap
 import os
 import struct
 import sys
-import tempfile
 import time
 import traceback
 import types
@@ -396,6 +395,10 @@ class Output:
             # Python layers: in a freshly forked spare, they cost ~0.3 ms of page faults.
             fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError:  # a file system without O_TMPFILE
+            # Imported only here: tempfile brings random, whose hook reseeds it in every
+            # forked child, and a dozen modules that made every fork and exit dearer.
+            import tempfile
+
             capture = tempfile.TemporaryFile(dir=".")
             fd = os.dup(capture.fileno())
             capture.close()

@@ -34,7 +34,6 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -85,6 +84,8 @@ def remove_tree(path):
         return
     except OSError:
         pass
+    import shutil  # only for a job that left files: kept out of what every child inherits
+
     try:
         shutil.rmtree(path, onerror=unlock)
     except FileNotFoundError:
