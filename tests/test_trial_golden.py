@@ -2,39 +2,59 @@
 
 A repro download rebuilds a trial from its stored seed years later, so every generated
 value, and every answer the engine derives from it, must stay bit-identical across changes
-to the engine, the trial generator or the program interpreter. The digests were computed
-with the code as it stood before any speed work; a mismatch means a generated value moved.
+to the engine, the trial generator or the program interpreter. A mismatch means a generated
+value moved.
+
+NumPy (AVX2, AVX-512 variants of exp, tanh, ...) and OpenBLAS (matmul kernels) choose
+their code by CPU at run time, and the variants round differently in the last bit: digests
+recorded on one CI machine failed on the next. So the digests are computed in a subprocess
+with both pinned to what every x86-64 machine running NumPy 2.4 has: no SIMD dispatch above
+NumPy's baseline, OpenBLAS's Nehalem kernels, one BLAS thread. Recorded that way from the
+code as it stood before any speed work (the parent of 0fa12a5) and from the current code:
+the two agreed, as they did unpinned on each machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from grader.mistakes import mutant_outputs
-from grader.spec import Assignment
+from grader.spec import Assignment, load_builtin
 from grader.spec.model import Range
 from grader.trials import Trial, _Distinct, _rng, derive, make_trials, objective_value
 
 SEEDS = (0, 2**63 + 977, 6_004_799_503_160_661, -1)  # seeds of one and of two 32-bit words
 
+# The same kernels on every machine (see the module docstring).
+PINNED = {
+    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+    "OPENBLAS_CORETYPE": "Nehalem",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
 TRIALS = {
-    "gates": "ce8bf12f47f26b2c0d05a12d7a949cc7e6fa1814cd4e1df7763452f831f4f490",
-    "vjp": "97f8ce8af6ecffabc96403c6daacb888f42243c90f91db7e7066938271c01a84",
-    "mlp": "4d93342bcd9e97ad74e5d6f02bd81745e91324aa40f840e5f2686abac9082c9a",
-    "bp4": "7afc926765c2c5e084355c30f78c80c12790c1a30a3b588e2f9ba35a8b15746c",
+    "gates": "f188ad3c20eb3b28418f5f30f8268477048cb6b981d667b9f9fc6eb234a3275e",
+    "vjp": "dee0c21edf2ae8f12a8972afb38be82c952ccce6937b02fd31bbad208de7ac9e",
+    "mlp": "5e4e4cf717fa4e587e7ccacfc831bcb2e280f30c9e1b5ae012c1479e3e95de11",
+    "bp4": "17d6d604f6fd5c7def53027a71eb86886262360c9c478e90970021937bba3bfa",
 }
 
 # Mutant answers, the upstream-ignored answers and the objective, on the same trials: they
 # share the engine and interpreter, and mistake recognition compares them to submissions.
 DERIVED = {
-    "gates": "3562704f9a70b8bc88d572addaca2b6230458e4df15f1319e47aca4c846a5063",
-    "vjp": "ba4ea0d7c4ffce040ad95cbc13ddceb9dff1353c8e2eb454c89851728ab0edd3",
-    "mlp": "3eeb098e7ad3b62ad37242733ad82bc9c298197d25aab262c296fd0c0d3d4a92",
-    "bp4": "b26dda5fb1be3cfc7d248b422c1bacc74d7b359221a92200a7ebfafa688d35c0",
+    "gates": "ce0236ca97e420eb1bce5441d5fae6439f2d1408a5b0538aed50f339a700c9b1",
+    "vjp": "9db12885835531495eb29b2d028da4f4d85e0bda99782c3ae4ed08725de6de3d",
+    "mlp": "a80b8ff4f63b4fd23acac9b7172196836da7f7064adddf7696d53ed39cbbf3c4",
+    "bp4": "5025c35dbcb0d462c914a4b545485ccac2bace79a3640ef7b2bc783fae9250f7",
 }
 
 
@@ -95,14 +115,45 @@ def _digest(value: Any) -> str:
     return h.hexdigest()
 
 
+def digests(assignment: Assignment) -> tuple[str, str]:
+    """(digest of the trials, digest of the answers derived from them)."""
+    trials = _trials(assignment)
+    records = [_trial_record(t) for fn in assignment.functions for seed in SEEDS for t in trials[fn.name][seed]]
+    return _digest(records), _digest(_derived_record(assignment, trials))
+
+
+@pytest.fixture(scope="module")
+def pinned_digests() -> dict[str, list[str]]:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, __file__], env={**os.environ, **PINNED, "PYTHONPATH": str(root)},
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
 @pytest.mark.parametrize("aid", sorted(TRIALS))
-def test_trials_and_derived_answers_are_bit_identical(assignments: dict[str, Assignment], aid: str) -> None:
-    trials = _trials(assignments[aid])
-    records = [
-        _trial_record(t) for fn in assignments[aid].functions for seed in SEEDS for t in trials[fn.name][seed]
-    ]
-    assert _digest(records) == TRIALS[aid]
-    assert _digest(_derived_record(assignments[aid], trials)) == DERIVED[aid]
+def test_trials_and_derived_answers_are_bit_identical(pinned_digests: dict[str, list[str]], aid: str) -> None:
+    trials, derived = pinned_digests[aid]
+    assert trials == TRIALS[aid]
+    assert derived == DERIVED[aid]
+
+
+def test_the_pinned_kernels_are_the_ones_in_use() -> None:
+    # The pins only help if NumPy and OpenBLAS honour them: a renamed variable would leave
+    # the digests machine-dependent again without anyone noticing until the next machine.
+    probe = (
+        "import ctypes, numpy\n"
+        "from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__\n"
+        "lib = [l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l][0]\n"
+        "name = ctypes.CDLL(lib).scipy_openblas_get_corename64_\n"
+        "name.restype = ctypes.c_char_p\n"
+        "print([f for f in __cpu_dispatch__ if __cpu_features__.get(f)], name().decode())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **PINNED}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "[] Nehalem"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, 2**32, 2**53 - 1, 2**63 - 1, 2**63, -1, -(2**40)])
@@ -127,3 +178,8 @@ def test_distinct_draws_match_generator_choice() -> None:
                 expected.append(int(reference.choice(choices)))
             assert drawn == expected
             assert ours.bit_generator.state == reference.bit_generator.state
+
+
+if __name__ == "__main__":
+    # Run by `pinned_digests` with the kernels pinned: one JSON object, aid -> [trials, derived].
+    print(json.dumps({aid: digests(load_builtin(aid)) for aid in sorted(TRIALS)}))
