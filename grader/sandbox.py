@@ -333,7 +333,7 @@ class _Zygote:
             raise SandboxFailure(f"the sandbox did not start: {err or 'no ready message'}")
         self.next_id = 0
         self.outstanding: set[int] = set()  # children whose exit has not been reported yet
-        self.shared_memory_used = (0, 0)  # by the last job: (input, output) bytes
+        self.input_bytes = 0  # what the last job sent through its input memfd
 
     def settle(self, timeout: float, allow: int = 0) -> bool:
         """Collect the exit reports of finished children, oldest first, until at most
@@ -428,8 +428,9 @@ class _Zygote:
 class _ZygoteChild:
     """A ChildHandle for one job: the zygote's pre-forked, already confined spare. The
     request goes out at once; its answer (the spare's pipes) is collected in `connect`,
-    so the zygote's round trip overlaps encoding the job. The request carries what the
-    previous job used of its shared memory, which spares forked from now on reserve."""
+    so the zygote's round trip overlaps encoding the job. The request carries how many
+    bytes of arguments the previous job sent through its input memfd, which spares forked
+    from now on reserve."""
 
     reports_confinement = True
     shared_memory = True  # hands over the child's two memfds (see protocol.InputRegion)
@@ -442,7 +443,7 @@ class _ZygoteChild:
         self.status: Optional[int] = None
         self.fds: list[int] = []
         try:
-            zygote.send({"op": "run", "id": self.id, "expect": list(zygote.shared_memory_used)})
+            zygote.send({"op": "run", "id": self.id, "expect": zygote.input_bytes})
         except OSError as exc:
             raise SandboxFailure(f"the sandbox zygote is gone: {exc}") from None
         zygote.outstanding.add(self.id)
@@ -461,8 +462,8 @@ class _ZygoteChild:
             os.close(self.fds[2])
             self.fds[2] = self.input_fd = -1
 
-    def shared_memory_used(self, input_bytes: int, output_bytes: int) -> None:
-        self.zygote.shared_memory_used = (input_bytes, output_bytes)
+    def sent_through_memory(self, input_bytes: int) -> None:
+        self.zygote.input_bytes = input_bytes
 
     def kill(self) -> None:
         if self.status is None:

@@ -29,6 +29,7 @@ from benchmarks.cpu import Snapshot, cpu_by_component  # noqa: E402
 from benchmarks.common import DEFAULT_MIX, corpus, parse_mix, percentile, plan  # noqa: E402
 from benchmarks.stack import PG_SERVER, REDIS_URL, Stack  # noqa: E402
 from grader.config import ConfigError, Settings  # noqa: E402
+from grader.sandbox import probe_host  # noqa: E402
 from grader.store.db import make_engine  # noqa: E402
 
 # --- parts ------------------------------------------------------------------------------
@@ -137,6 +138,9 @@ def _leftovers(tag: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    bool(probe_host().missing(("bwrap", "userns", "landlock", "seccomp"))), reason="the sandbox's layers are not available on this host"
+)
 def test_the_sandbox_benchmark_interleaves_its_rounds(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Each round runs a share of every kind, so a machine that slows down mid-run slows
     # them all alike; the shares add up to the runs asked for.
@@ -163,6 +167,7 @@ def test_the_sandbox_benchmark_interleaves_its_rounds(monkeypatch: pytest.Monkey
         sandbox_overhead.main()
 
 
+@pytest.mark.slow
 def test_a_tiny_burst_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "burst.json"
     code = deadline_burst.main(

@@ -490,42 +490,76 @@ def f(x):
 
 
 @needs_sandbox
-def test_spares_reserve_the_shared_memory_the_last_job_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Allocating a large job's shared pages cost the parent (filling the input) and the
-    # child (writing results) about a millisecond while the student waited. Spares forked
-    # after such a job allocate them while they wait; the files stay empty and unsealed,
-    # as the parent requires of a fresh pair. And the parent lets go of the sealed input as
-    # soon as it is filled: its pages are then freed by the child's exit, off the clock.
+def test_spares_reserve_the_input_memory_the_last_job_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Allocating a large job's input pages cost the parent about a millisecond while the
+    # student waited. Spares forked after such a job allocate them while they wait; the
+    # files stay empty and unsealed, as the parent requires of a fresh pair. And the parent
+    # lets go of the sealed input as soon as it is filled: its pages are then freed by the
+    # child's exit, off the clock.
     import grader.sandbox as sandbox_module
 
     seen: list[list[tuple[int, int, int]]] = []
-    dropped_input: list[bool] = []
-    connect, used = sandbox_module._ZygoteChild.connect, sandbox_module._ZygoteChild.shared_memory_used
+    input_fds: list[int] = []
+    still_open: list[str] = []
+    connect, sent = sandbox_module._ZygoteChild.connect, sandbox_module._ZygoteChild.sent_through_memory
 
     def recording_connect(self) -> None:  # type: ignore[no-untyped-def]
         connect(self)
+        input_fds.append(self.input_fd)
         seen.append([(st.st_size, st.st_blocks * 512, fcntl.fcntl(fd, fcntl.F_GET_SEALS))
                      for fd in (self.input_fd, self.output_fd) for st in [os.fstat(fd)]])
 
-    def recording_used(self, input_bytes: int, output_bytes: int) -> None:  # type: ignore[no-untyped-def]
-        dropped_input.append(self.input_fd == -1 and self.fds[2] == -1)
-        used(self, input_bytes, output_bytes)
+    def recording_sent(self, input_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        try:
+            still_open.append(os.readlink(f"/proc/self/fd/{input_fds[-1]}"))
+        except FileNotFoundError:
+            pass
+        sent(self, input_bytes)
 
     monkeypatch.setattr(sandbox_module._ZygoteChild, "connect", recording_connect)
-    monkeypatch.setattr(sandbox_module._ZygoteChild, "shared_memory_used", recording_used)
+    monkeypatch.setattr(sandbox_module._ZygoteChild, "sent_through_memory", recording_sent)
     sandbox = SandboxRunner()
     try:
         for _ in range(5):
             (result,) = run(sandbox, "def f(x, w):\n    return x @ w\n", [("f", [X, W])])
             np.testing.assert_array_equal(result.value.array, X @ W)
             time.sleep(0.2)  # the replacement spare gets ready
-        assert sandbox._zygote is not None and sandbox._zygote.shared_memory_used == (X.nbytes + W.nbytes, (X @ W).nbytes)
+        assert sandbox._zygote is not None and sandbox._zygote.input_bytes == X.nbytes + W.nbytes
     finally:
         sandbox.close()
-    assert dropped_input == [True] * 5
+    assert not any("job-input" in target for target in still_open), still_open
     assert all(size == 0 and seals == 0 for pair in seen for size, _, seals in pair)
-    # The two spares forked before the zygote heard of the first job's use have nothing
-    # reserved; the fourth job's spare was forked after it.
+    # The two spares forked before the zygote heard of the first job have nothing
+    # reserved; the fourth job's spare was forked after it. Results are never reserved.
     assert [blocks for _, blocks, _ in seen[0]] == [0, 0]
-    reserved_input, reserved_output = (blocks for _, blocks, _ in seen[-1])
-    assert reserved_input >= X.nbytes + W.nbytes and reserved_output >= (X @ W).nbytes
+    assert seen[-1][0][1] >= X.nbytes + W.nbytes and seen[-1][1][1] == 0
+
+
+@needs_sandbox
+def test_a_submission_cannot_see_how_much_an_earlier_one_returned() -> None:
+    # A results file the previous submission filled must not leave a trace that the next
+    # one can read (here: pages allocated in its own, still empty, results file).
+    probe = """
+import fcntl, os
+
+def blocks():
+    found = []
+    for fd in range(3, 64):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            continue
+        found.append(os.fstat(fd).st_blocks)
+    return repr(found)
+"""
+    sandbox = SandboxRunner()
+    try:
+        for _ in range(3):
+            (big,) = run(sandbox, "import numpy as np\ndef f():\n    return np.ones((1024, 1024))\n", [("f", [])])
+            assert big.status == "ok"
+            time.sleep(0.2)
+        for _ in range(3):
+            (seen,) = run(sandbox, probe, [("blocks", [])])
+            assert seen.status == "ok" and seen.value == "[0]", seen  # its own results file, empty
+    finally:
+        sandbox.close()

@@ -11,7 +11,9 @@ recorded on one CI machine failed on the next. So the digests are computed in a 
 with both pinned to what every x86-64 machine running NumPy 2.4 has: no SIMD dispatch above
 NumPy's baseline, OpenBLAS's Nehalem kernels, one BLAS thread. Recorded that way from the
 code as it stood before any speed work (the parent of 0fa12a5) and from the current code:
-the two agreed, as they did unpinned on each machine.
+the two agreed, as they did unpinned on each machine. (So a repro download rebuilds the same
+trial inputs anywhere, but an answer derived with matmul or exp is bit-identical only on
+a machine that picks the same kernels; the comparison's tolerances absorb the difference.)
 """
 
 from __future__ import annotations

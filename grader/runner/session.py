@@ -61,8 +61,8 @@ class ChildHandle(Protocol):
     # `input_fd` and `output_fd`: two fresh memfds the child holds (large arrays travel
     # through them, see protocol.InputRegion); a handle without them uses the pipes only.
     # Such a handle also has `close_input()`, which drops the handle's reference to the
-    # input memfd once it is sealed, and `shared_memory_used(input_bytes, output_bytes)`,
-    # told after the session what the job used (a launcher may prepare that for the next).
+    # input memfd once it is sealed, and `sent_through_memory(input_bytes)`, told how many
+    # bytes of arguments the job put there (a launcher may prepare that for the next).
 
     def connect(self) -> None:
         """Wait until the pipes above are there (the job is encoded in the meantime)."""
@@ -196,9 +196,8 @@ class _Session:
                 # The child holds the sealed input now: with the last reference its own, its
                 # pages are freed when it exits, not while this submission waits.
                 child.close_input()  # type: ignore[attr-defined]
+                child.sent_through_memory(region.size)  # type: ignore[attr-defined]
             self._loop(child, payload, results)
-            if region is not None and results is not None:
-                child.shared_memory_used(region.size, results.next)  # type: ignore[attr-defined]
         finally:
             child.kill()
             child.close()

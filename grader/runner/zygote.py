@@ -18,12 +18,11 @@ packet. `run` answers `started` with the spare's pipe ends (SCM_RIGHTS): the wri
 its job pipe and the read end of its result pipe, so the child's data flows straight to
 the parent and the zygote never handles it; and its two memfds, empty, for large arrays
 (the parent fills and seals the input one, sizes and seals the output one; the zygote
-keeps no copy). `run` may carry
-`expect`, the bytes of shared memory the parent's previous job used ([input, output]): new
-spares reserve that many pages in their memfds while they wait, so neither the parent
-filling the input nor the child writing its results allocates them on the critical path.
-`kill` SIGKILLs a child, `ping` checks health; the zygote reports `exited` with the raw
-wait status. The child applies its job's
+keeps no copy). `run` may carry `expect`, the bytes of arguments the parent's previous job
+put in its input memfd: spares forked from then on allocate that many pages of their own
+input memfd, so that the parent filling it does not allocate them on the critical path.
+`kill` SIGKILLs a child, `ping` checks
+health; the zygote reports `exited` with the raw wait status. The child applies its job's
 rlimits after reading the job, before loading the student's file.
 """
 
@@ -51,7 +50,7 @@ MIN_FREE_FRACTION = 0.5  # of scratch blocks and inodes; below it the zygote ret
 SPARES = 2
 CPU_PRESSURE = "/proc/pressure/cpu"
 CONTENDED = 0.5  # share of the time some task waited for a CPU, above which CPUs are scarce
-MAX_RESERVE = 8 << 20  # bytes a spare reserves per memfd, at most: the cgroup counts them
+MAX_RESERVE = 8 << 20  # bytes a spare reserves of its input memfd, at most: the cgroup counts them
 FALLOC_FL_KEEP_SIZE = 1
 
 _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
@@ -160,7 +159,7 @@ class Zygote:
         self.replenish = False  # a job's child has exited: fork spares up to SPARES
         self.serial = 0
         self.pressure = CpuPressure()
-        self.reserve = (0, 0)  # bytes new spares reserve in their (input, output) memfds
+        self.reserve = 0  # bytes new spares reserve of their input memfd
 
     def make_spare(self):
         self.serial += 1
@@ -199,11 +198,10 @@ class Zygote:
         self.children[pid] = (None, scratch)
         self.spares.append((pid, (job_w, result_r, input_fd, output_fd)))
 
-    def expect(self, sizes):
-        """Remember what the parent's last job used of each memfd (its hint may be absent
-        or malformed: then nothing is reserved)."""
-        if isinstance(sizes, list) and len(sizes) == 2 and all(type(n) is int and n >= 0 for n in sizes):
-            self.reserve = tuple(min(n, MAX_RESERVE) for n in sizes)
+    def expect(self, size):
+        """Remember how many bytes of arguments the parent's last job sent through its
+        input memfd (a malformed hint reserves nothing)."""
+        self.reserve = min(size, MAX_RESERVE) if type(size) is int and size >= 0 else 0
 
     def run(self, job_id):
         if not self.spares:
@@ -334,17 +332,20 @@ def close_all_but(keep, open_fds=None):
                 pass
 
 
-def reserve_pages(regions, sizes):
-    """Allocate the first `sizes` bytes of each memfd without changing its size (it stays
-    empty, as the parent expects it): the parent's writes and the child's results then fill
-    pages that exist. Best effort: a file system or kernel without it, or a parent that has
-    already sealed the file, leaves it as it was."""
-    for fd, size in zip(regions, sizes):
-        if size > 0:
-            _fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size)
+def reserve_pages(fd, size):
+    """Allocate the first `size` bytes of the input memfd without changing its size (it
+    stays empty, as the parent expects it): the parent's writes then fill pages that exist.
+    Only the input: the child closes it before any student code runs, so no submission can
+    see what an earlier one sent (the results file stays open to student code, and what
+    it held would have told the next submission how large another's results were). The
+    hint comes from the parent's own encoding, never from a child. Best effort: a kernel
+    without it, or a parent that has already sealed the file, leaves it as it was; a
+    parent filling it meanwhile only waits for pages it would have allocated itself."""
+    if size > 0:
+        _fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size)
 
 
-def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up, inherited, reserve=(0, 0)):
+def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up, inherited, reserve=0):
     """A spare's life: confine itself (closing `inherited`, the fds the zygote held when it
     forked, but its own), reserve the shared memory its job will likely need, warm up, then
     run the job it is given."""
@@ -368,7 +369,7 @@ def run_child(job_fd, result_fd, scratch, config, regions, full_warm_up, inherit
     child.write_frame(result_fd, {"kind": "confined"}, [])
     output = child.Output(2048)  # the capture file, made while still a spare
     buffer = bytearray(JOB_BUFFER)  # zero-filled: its pages are faulted in now, not in the job
-    reserve_pages(regions, reserve)
+    reserve_pages(regions[0], reserve)
     # Copy-on-write faults of the harness's hot paths, off the critical path; cut short
     # when the job arrives (jobs back to back), which it must not delay.
     child.warm_up(stop=lambda: bool(select.select([job_fd], [], [], 0)[0]), full=full_warm_up)
