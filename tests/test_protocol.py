@@ -1237,3 +1237,61 @@ def test_a_slow_call_costs_the_parent_no_timed_wake_ups(runner, monkeypatch):
     report, elapsed = run_calls(runner, body, [("f", i) for i in range(3)], 5.0)
     assert statuses(report) == ["ok"] * 3 and elapsed >= 0.4
     assert len(polls) < 20, f"{len(polls)} wake-ups for one 0.4 s call"
+
+
+# --- a sandbox child that fails before it is confined ----------------------------------
+
+
+class _UnconfinedChild:
+    """A ChildHandle for a spare that dies, hangs or babbles before reporting that it is
+    confined (as when the zygote retires and kills its spares under a loaded machine)."""
+
+    reports_confinement = True
+    diagnostic_fds: list[int] = []
+
+    def __init__(self, behaviour: str) -> None:
+        self.result_fd, self._write_end = os.pipe()
+        self.job_fd, self._job_read = os.pipe()
+        self.killed = False
+        if behaviour == "dies":
+            os.close(self._write_end)
+            self._write_end = -1
+        elif behaviour == "babbles":  # a frame far over the size cap
+            os.write(self._write_end, struct.pack("<Q", 1 << 40))
+
+    def connect(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def wait(self, timeout: float) -> str:
+        return "killed by SIGKILL"
+
+    def close(self) -> None:
+        for fd in (self.result_fd, self._write_end, self.job_fd, self._job_read):
+            if fd >= 0:
+                os.close(fd)
+        self.result_fd = self._write_end = self.job_fd = self._job_read = -1
+
+
+@pytest.mark.parametrize("behaviour", ["dies", "hangs", "babbles"])
+def test_a_child_that_fails_before_its_confinement_report_is_a_sandbox_failure(behaviour: str) -> None:
+    # No student code has run yet, so the student must not be blamed: a "crashed" or
+    # "timeout" at load would have been a zero for a perfectly good file. The runner
+    # raises, and the caller retries on a fresh zygote or reports the sandbox as broken.
+    from grader.runner.base import Call, Job
+    from grader.runner.session import SandboxFailure, run_job
+
+    children: list[_UnconfinedChild] = []
+
+    def launch() -> _UnconfinedChild:
+        children.append(_UnconfinedChild(behaviour))
+        return children[-1]
+
+    job = Job("def f():\n    return 1\n", [Call("f", [], 1.0, 1.0)], import_seconds=0.3)
+    started = time.monotonic()
+    with pytest.raises(SandboxFailure, match="before|confin"):
+        run_job(job, launch)
+    assert time.monotonic() - started < 5
+    assert len(children) == 1 and children[0].killed and children[0].result_fd == -1

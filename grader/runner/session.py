@@ -390,7 +390,12 @@ class _Session:
         return False
 
     def _fail(self, status: str, detail: str = "") -> None:
-        """The child is beyond use: blame the load or the running call."""
+        """The child is beyond use: blame the load or the running call. A sandbox child
+        that fails before reporting its confinement has run no student code (it reads its
+        job only after that report): the sandbox failed, not the submission. Seen when a
+        retiring zygote killed the spare it had just handed over, on a loaded machine."""
+        if getattr(self, "awaiting_confinement", False):
+            raise SandboxFailure(f"a sandbox child failed before reporting its confinement ({status}{': ' if detail else ''}{detail})")
         if self.load is None:
             self.load = LoadResult(status, detail=detail)
             return
