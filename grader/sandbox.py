@@ -476,10 +476,21 @@ class _ZygoteChild:
         if self.status is None:
             reply = self.zygote.receive(timeout, "exited", self.id)
             if reply is None:
+                if self._sandbox_gone():
+                    # The zygote's end takes its children with it: this one died with the
+                    # sandbox, not of anything the submission did.
+                    raise SandboxFailure("the sandbox zygote died while a child ran")
                 return None
             self.status = reply[0]["status"]
             self.zygote.outstanding.discard(self.id)
         return describe_exit(-os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else os.WEXITSTATUS(self.status))
+
+    def _sandbox_gone(self) -> bool:
+        try:
+            self.zygote.proc.wait(timeout=1.0)  # its socket closes a moment before it exits
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def close(self) -> None:
         # The exit report is collected later (SandboxRunner.run settles before each job),

@@ -445,6 +445,32 @@ def test_the_zygote_is_restarted_when_it_dies(runner: SandboxRunner) -> None:
     assert runner._zygote is not zygote
 
 
+def test_a_sandbox_that_dies_under_a_running_call_is_retried_not_blamed_on_the_student() -> None:
+    # The zygote dying (a crash, a retirement, the OOM killer) takes the running child with
+    # it; the student's last call must not come back "crashed": the job is run again on a
+    # fresh zygote.
+    import signal
+    import threading
+
+    from grader.runner import Call, Job
+
+    sandbox = SandboxRunner()
+    try:
+        sandbox.run(Job("def f():\n    return 1\n", [Call("f", [], 3.0, 2.0)]))  # the zygote is up
+        zygote = sandbox._zygote
+        assert zygote is not None
+        source = "import time\n\ndef slow():\n    time.sleep(0.6)\n    return 7\n"
+        killer = threading.Timer(0.3, lambda: os.killpg(zygote.proc.pid, signal.SIGKILL))
+        killer.start()
+        report = sandbox.run(Job(source, [Call("slow", [], 3.0, 2.0)]))
+        killer.join()
+        assert sandbox._zygote is not zygote, "the job did not run on a fresh zygote"
+        assert report.load.status == "ok" and [c.status for c in report.calls] == ["ok"], report
+        assert report.calls[0].value == 7
+    finally:
+        sandbox.close()
+
+
 def test_sockets_cannot_be_made_in_the_child_at_all(runner: SandboxRunner) -> None:
     result = attack(runner, "import socket\nsocket.socketpair()\nreturn 2 * x\n")
     assert double_part(result)["score"] == 0
