@@ -70,7 +70,8 @@ class ChildHandle(Protocol):
     def kill(self) -> None: ...
 
     def wait(self, timeout: float) -> Optional[str]:
-        """How the child ended ("killed by SIGSEGV", "exited with status 3"), None if unknown."""
+        """How the child ended ("killed by SIGSEGV", "exited with status 3"), None if unknown;
+        raises SandboxFailure if what started the child is gone (and took it along)."""
 
     def close(self) -> None: ...
 
