@@ -172,3 +172,20 @@ def test_checking_many_outputs_at_once_agrees_with_checking_each() -> None:
         # Alone, too: a batch that passes as a whole takes a shortcut.
         assert [check_leaves([r], tol)[0] for r in requests] == one_by_one
         assert 0 < sum(c.passed for c in one_by_one) < len(pairs)
+
+
+def test_the_largest_difference_is_named_the_same_whatever_the_last_bits() -> None:
+    # A transposed answer differs by the same amount at (0, 1) and (1, 0). Which of the two
+    # came out a bit larger depended on the kernels the machine's BLAS picked, so the same
+    # file got a different message on another CPU; ties up to rounding go to the first.
+    expected = np.array([[1.0, 2.0], [3.0, 4.0]])
+    for nudge in (0.0, 1e-15, -1e-15):
+        bent = expected.copy()
+        bent[1, 0] += nudge  # the last bit another machine's reference might have
+        check = check_array("dW", bent, Returned(expected.T.copy(), "array"), TOL, hidden=False)
+        assert not check.passed and "largest difference at index (0, 1): expected 2, got 3" in check.message, check.message
+    # A real difference is still found wherever it is.
+    wrong = expected.copy()
+    wrong[1, 1] += 5.0
+    check = check_array("dW", expected, Returned(wrong, "array"), TOL, hidden=False)
+    assert "largest difference at index (1, 1): expected 4, got 9" in check.message
