@@ -332,3 +332,23 @@ def test_a_download_larger_than_the_cap_is_refused(assignments, monkeypatch):
     monkeypatch.setattr(repro, "MAX_DOWNLOAD_BYTES", 100)
     with pytest.raises(repro.ReproError, match="larger than"):
         repro.bundle(vjp, "matmul_backward", SEED, [0, 1])
+
+
+def test_script_names_the_worst_entry_as_the_grader_does(assignments, tmp_path):
+    # Ties for the largest difference (a transposed answer has them in pairs) go to the
+    # first entry, in the grader's feedback and in the script alike, whatever the last bit
+    # of the reference on the student's machine.
+    from grader.compare import check_array as graders_check
+    from grader.runner.protocol import Returned
+    from grader.spec.model import Tolerance
+
+    script = unpack(assignments["vjp"], "matmul_backward", visible(assignments["vjp"], "matmul_backward")[:1], tmp_path)
+    namespace: dict[str, Any] = {"__name__": "repro_under_test"}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    expected = np.array([[1.0, 2.0], [3.0, 4.0]])
+    for nudge in (0.0, 1e-15, -1e-15):
+        bent = expected.copy()
+        bent[1, 0] += nudge
+        ok, text = namespace["check_array"](bent, expected.T.copy())
+        assert not ok and "worst at index (0, 1): expected 2, got 3" in text, text
+        assert "at index (0, 1)" in graders_check("dx", bent, Returned(expected.T.copy(), "array"), Tolerance(), False).message
