@@ -457,12 +457,12 @@ class _ZygoteChild:
         self.fds = reply[1]
         self.job_fd, self.result_fd, self.input_fd, self.output_fd = self.fds
 
-    def close_input(self) -> None:
+    def input_sealed(self, input_bytes: int) -> None:
+        # The child holds the sealed input now: with the last reference its own, its pages
+        # are freed when it exits, not while this submission waits.
         if len(self.fds) == 4 and self.fds[2] >= 0:
             os.close(self.fds[2])
             self.fds[2] = self.input_fd = -1
-
-    def sent_through_memory(self, input_bytes: int) -> None:
         self.zygote.input_bytes = input_bytes
 
     def kill(self) -> None:

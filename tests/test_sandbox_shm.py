@@ -501,7 +501,7 @@ def test_spares_reserve_the_input_memory_the_last_job_sent(monkeypatch: pytest.M
     seen: list[list[tuple[int, int, int]]] = []
     input_fds: list[int] = []
     still_open: list[str] = []
-    connect, sent = sandbox_module._ZygoteChild.connect, sandbox_module._ZygoteChild.sent_through_memory
+    connect, sealed = sandbox_module._ZygoteChild.connect, sandbox_module._ZygoteChild.input_sealed
 
     def recording_connect(self) -> None:  # type: ignore[no-untyped-def]
         connect(self)
@@ -509,15 +509,15 @@ def test_spares_reserve_the_input_memory_the_last_job_sent(monkeypatch: pytest.M
         seen.append([(st.st_size, st.st_blocks * 512, fcntl.fcntl(fd, fcntl.F_GET_SEALS))
                      for fd in (self.input_fd, self.output_fd) for st in [os.fstat(fd)]])
 
-    def recording_sent(self, input_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def recording_sealed(self, input_bytes: int) -> None:  # type: ignore[no-untyped-def]
+        sealed(self, input_bytes)
         try:
             still_open.append(os.readlink(f"/proc/self/fd/{input_fds[-1]}"))
         except FileNotFoundError:
             pass
-        sent(self, input_bytes)
 
     monkeypatch.setattr(sandbox_module._ZygoteChild, "connect", recording_connect)
-    monkeypatch.setattr(sandbox_module._ZygoteChild, "sent_through_memory", recording_sent)
+    monkeypatch.setattr(sandbox_module._ZygoteChild, "input_sealed", recording_sealed)
     sandbox = SandboxRunner()
     try:
         for _ in range(5):

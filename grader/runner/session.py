@@ -60,9 +60,9 @@ class ChildHandle(Protocol):
     # A handle whose class sets `shared_memory = True` also has, once connected,
     # `input_fd` and `output_fd`: two fresh memfds the child holds (large arrays travel
     # through them, see protocol.InputRegion); a handle without them uses the pipes only.
-    # Such a handle also has `close_input()`, which drops the handle's reference to the
-    # input memfd once it is sealed, and `sent_through_memory(input_bytes)`, told how many
-    # bytes of arguments the job put there (a launcher may prepare that for the next).
+    # Such a handle also has `input_sealed(input_bytes)`, told once the input memfd holds
+    # the job's large arguments and is sealed: it drops its own reference to the file, and
+    # may prepare as much for the next child.
 
     def connect(self) -> None:
         """Wait until the pipes above are there (the job is encoded in the meantime)."""
@@ -176,6 +176,7 @@ class _Session:
         self.results = results
         self.load: Optional[LoadResult] = None
         self.stopped_at: Optional[int] = None  # the call this child died on
+        self.awaiting_confinement = False  # set by _loop for a child that reports it
 
     def limits(self) -> dict[str, Any]:
         cpu_total = sum(self.job.calls[i].cpu_seconds for i in self.pending) + self.job.import_seconds
@@ -194,10 +195,7 @@ class _Session:
                 except (OSError, ValueError) as exc:
                     raise SandboxFailure(f"cannot set up a child's shared memory: {exc}") from None
                 results = OutputRegion(child.output_fd, OUTPUT_REGION_BYTES)  # type: ignore[attr-defined]
-                # The child holds the sealed input now: with the last reference its own, its
-                # pages are freed when it exits, not while this submission waits.
-                child.close_input()  # type: ignore[attr-defined]
-                child.sent_through_memory(region.size)  # type: ignore[attr-defined]
+                child.input_sealed(region.size)  # type: ignore[attr-defined]
             self._loop(child, payload, results)
         finally:
             child.kill()
@@ -395,7 +393,7 @@ class _Session:
         that fails before reporting its confinement has run no student code (it reads its
         job only after that report): the sandbox failed, not the submission. Seen when a
         retiring zygote killed the spare it had just handed over, on a loaded machine."""
-        if getattr(self, "awaiting_confinement", False):
+        if self.awaiting_confinement:
             raise SandboxFailure(f"a sandbox child failed before reporting its confinement ({status}{': ' if detail else ''}{detail})")
         if self.load is None:
             self.load = LoadResult(status, detail=detail)

@@ -21,9 +21,9 @@ the parent and the zygote never handles it; and its two memfds, empty, for large
 keeps no copy). `run` may carry `expect`, the bytes of arguments the parent's previous job
 put in its input memfd: spares forked from then on allocate that many pages of their own
 input memfd, so that the parent filling it does not allocate them on the critical path.
-`kill` SIGKILLs a child, `ping` checks
-health; the zygote reports `exited` with the raw wait status. The child applies its job's
-rlimits after reading the job, before loading the student's file.
+`kill` SIGKILLs a child, `ping` checks health; the zygote reports `exited` with the raw
+wait status. The child applies its job's rlimits after reading the job, before loading the
+student's file.
 """
 
 import ctypes
